@@ -1,0 +1,131 @@
+"""Events from the pairing service to the bot, through a Redis Stream.
+
+The stream has one consumer group for the bot, so any number of bot processes
+share the events and an event that a process read but never acknowledged (it
+crashed) is claimed again by another after ``CLAIM_IDLE_MS``. Events carry ids
+and step names only, never personal data.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from journey import keys
+
+logger = logging.getLogger(__name__)
+
+BOT_GROUP = "bot"
+"""The consumer group that the bot processes share."""
+
+CLAIM_IDLE_MS = 30_000
+"""An event read but not acknowledged for this long is taken over by another
+consumer; well above the time a bot needs to send one message."""
+
+
+class EventType(enum.StrEnum):
+    """What the pairing service tells the bot."""
+
+    PAIRING_CLAIMED = "pairing_claimed"
+    PROGRESS = "progress"
+    REVIEW_READY = "review_ready"
+    CONSENT_NEEDED = "consent_needed"
+    DELIVERED = "delivered"
+    DELIVERY_FAILED = "delivery_failed"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEvent:
+    """One event as read from the stream."""
+
+    type: EventType
+    case_id: str
+    data: dict[str, Any] = field(default_factory=dict)
+    stream_id: str = ""
+
+
+class EventStream:
+    """Publishes and consumes service events."""
+
+    def __init__(self, redis: Redis, *, stream: str | None = None) -> None:
+        self._redis = redis
+        self._stream = stream or keys.events()
+
+    async def publish(self, event_type: EventType, case_id: str, **data: Any) -> str:
+        """Append an event and refresh the stream's TTL in one transaction."""
+        fields: dict[Any, Any] = {
+            "type": event_type.value,
+            "case_id": case_id,
+            "data": json.dumps(data, separators=(",", ":")),
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(
+                self._stream,
+                fields,
+                maxlen=keys.EVENT_STREAM_MAX_LENGTH,
+                approximate=True,
+            )
+            pipe.expire(self._stream, keys.EVENT_STREAM_TTL_SECONDS)
+            stream_id, _ = await pipe.execute()
+        return str(stream_id)
+
+    async def ensure_group(self, group: str = BOT_GROUP) -> None:
+        """Create the consumer group (and the stream) if it does not exist yet."""
+        try:
+            await self._redis.xgroup_create(self._stream, group, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+        await self._redis.expire(self._stream, keys.EVENT_STREAM_TTL_SECONDS, nx=True)
+
+    async def read(
+        self,
+        consumer: str,
+        *,
+        group: str = BOT_GROUP,
+        count: int = 100,
+        block_ms: int = 1000,
+    ) -> list[ServiceEvent]:
+        """Return events for ``consumer``: abandoned ones first, then new ones.
+
+        Blocks up to ``block_ms`` when there is nothing to read. The caller
+        acknowledges each event with ``ack`` after handling it.
+        """
+        _next, claimed, _deleted = await self._redis.xautoclaim(
+            self._stream, group, consumer, min_idle_time=CLAIM_IDLE_MS, count=count
+        )
+        if claimed:
+            return [
+                self._parse(entry_id, entry) for entry_id, entry in claimed if entry
+            ]
+        response = await self._redis.xreadgroup(
+            group, consumer, {self._stream: ">"}, count=count, block=block_ms
+        )
+        events: list[ServiceEvent] = []
+        for _stream, entries in response or []:
+            for entry_id, entry in entries:
+                events.append(self._parse(entry_id, entry))
+        return events
+
+    async def ack(self, event: ServiceEvent, *, group: str = BOT_GROUP) -> None:
+        """Acknowledge and delete a handled event."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self._stream, group, event.stream_id)
+            pipe.xdel(self._stream, event.stream_id)
+            await pipe.execute()
+
+    @staticmethod
+    def _parse(entry_id: str, entry: dict[str, str]) -> ServiceEvent:
+        return ServiceEvent(
+            type=EventType(entry["type"]),
+            case_id=entry["case_id"],
+            data=json.loads(entry.get("data") or "{}"),
+            stream_id=entry_id,
+        )

@@ -1,0 +1,418 @@
+"""The Redis store of cases, with every transition applied atomically.
+
+A write is a compare-and-set on the case's ``version`` in one Lua script, so
+two bot processes, or a double tap, cannot both apply the same step: the
+second writer sees a newer version, reads the case again and asks the state
+machine once more with the new step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from redis.asyncio import Redis
+
+from journey import keys
+from journey.clock import Clock, system_clock
+from journey.model import PERSONAL_FIELDS, Case, encode_fields
+from journey.steps import TERMINAL_STEPS, Event, Step, TransitionRejected, next_step
+from journey.tokens import (
+    MalformedToken,
+    Token,
+    new_case_id,
+    new_token,
+    parse_token,
+    secret_matches,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_WRITE_ATTEMPTS = 8
+"""Compare-and-set retries before a write gives up; contention on one case is
+at most a few writers, so eight rounds only run out under a bug."""
+
+# KEYS[1] case hash. ARGV[1] expected version, ARGV[2] new step or "",
+# ARGV[3] new TTL in seconds or "0" to keep, ARGV[4] count of fields to delete,
+# then those names, then field/value pairs to set.
+# Returns {1, version} on success, {0, version} on a version conflict and
+# {-1} when the case does not exist.
+_COMPARE_AND_SET = """
+local current = redis.call('HGET', KEYS[1], 'version')
+if not current then return {-1} end
+if current ~= ARGV[1] then return {0, tonumber(current)} end
+local deletions = tonumber(ARGV[4])
+local index = 5
+for _ = 1, deletions do
+  redis.call('HDEL', KEYS[1], ARGV[index])
+  index = index + 1
+end
+while index < #ARGV do
+  redis.call('HSET', KEYS[1], ARGV[index], ARGV[index + 1])
+  index = index + 2
+end
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'step', ARGV[2]) end
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+if ARGV[3] ~= '0' then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+end
+return {1, version}
+"""
+
+# KEYS[1] case hash, KEYS[2..] the case's other keys to delete.
+# ARGV[1] expected version, ARGV[2] TTL, then field/value pairs of the tombstone.
+_TOMBSTONE = """
+local current = redis.call('HGET', KEYS[1], 'version')
+if not current then return {-1} end
+if current ~= ARGV[1] then return {0, tonumber(current)} end
+for index = 2, #KEYS do redis.call('DEL', KEYS[index]) end
+redis.call('DEL', KEYS[1])
+for index = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[index], ARGV[index + 1])
+end
+local version = tonumber(current) + 1
+redis.call('HSET', KEYS[1], 'version', version)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return {1, version}
+"""
+
+# KEYS[1] an index key. ARGV[1] the value it must hold to be deleted.
+_DELETE_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+TOMBSTONE_FIELDS: tuple[str, ...] = (
+    "step",
+    "municipality_code",
+    "invite_hash",
+    "created_at",
+    "expires_at",
+    "finished_at",
+    "delivery_id",
+    "package_digest",
+)
+"""What a tombstone keeps: enough to stop reminders and duplicate deliveries."""
+
+assert PERSONAL_FIELDS.isdisjoint(TOMBSTONE_FIELDS)
+
+
+class CaseNotFound(LookupError):
+    """Raised when a case does not exist (never created, expired or erased)."""
+
+
+class StaleCase(RuntimeError):
+    """Raised when a case kept changing under a writer for every retry."""
+
+
+class InvitationInvalid(ValueError):
+    """Raised when an invitation token cannot start a journey.
+
+    ``reason`` is one of ``"malformed"``, ``"unknown"``, ``"expired"`` and
+    ``"finished"``. A case whose keys ran out of time without an explicit
+    expiry is ``"unknown"``, because nothing of it is left to tell.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"invitation rejected: {reason}")
+        self.reason = reason
+
+
+class CaseStore:
+    """Reads and writes cases in Redis.
+
+    Args:
+        redis: a ``redis.asyncio`` client created with ``decode_responses=True``.
+        clock: the time source, injectable for tests.
+    """
+
+    def __init__(self, redis: Redis, *, clock: Clock = system_clock) -> None:
+        self._redis = redis
+        self._clock = clock
+        self._compare_and_set = redis.register_script(_COMPARE_AND_SET)
+        self._tombstone = redis.register_script(_TOMBSTONE)
+        self._delete_if_equal = redis.register_script(_DELETE_IF_EQUAL)
+
+    @property
+    def redis(self) -> Redis:
+        """The Redis client the store writes through."""
+        return self._redis
+
+    async def create(
+        self,
+        municipality_code: str,
+        *,
+        email: str | None = None,
+        language: str = "nl",
+        lifetime: int = keys.INVITATION_TTL_SECONDS,
+        step: Step = Step.INVITED,
+        chat_id: int | None = None,
+    ) -> tuple[Case, Token]:
+        """Create a case and its invitation token.
+
+        ``step`` and ``chat_id`` let the bot create a case for a client who
+        started without an invitation and is therefore already in a chat.
+        """
+        case_id = new_case_id()
+        token = new_token(case_id)
+        now = self._clock()
+        values: dict[str, Any] = {
+            "step": step,
+            "version": 1,
+            "municipality_code": municipality_code,
+            "created_at": now,
+            "expires_at": now + lifetime,
+            "invite_hash": token.secret_hash,
+            "language": language,
+            "email": email,
+            "chat_id": chat_id,
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.case(case_id), mapping=encode_fields(values))
+            pipe.expire(keys.case(case_id), lifetime)
+            if chat_id is not None:
+                pipe.set(keys.chat(chat_id), case_id, ex=lifetime)
+            await pipe.execute()
+        case = await self.get(case_id)
+        logger.info("case created case=%s step=%s", case.ref, case.step)
+        return case, token
+
+    async def find(self, case_id: str) -> Case | None:
+        """Return the case, or None when it does not exist."""
+        raw: dict[str, str] = await self._redis.hgetall(keys.case(case_id))  # type: ignore[misc]
+        if not raw:
+            return None
+        return Case.from_hash(case_id, raw)
+
+    async def get(self, case_id: str) -> Case:
+        """Return the case.
+
+        Raises:
+            CaseNotFound: no such case.
+        """
+        case = await self.find(case_id)
+        if case is None:
+            raise CaseNotFound(case_id)
+        return case
+
+    async def resolve_invitation(self, text: str) -> Case:
+        """Return the case that an invitation token belongs to.
+
+        Raises:
+            InvitationInvalid: the token is malformed, unknown or its case finished.
+        """
+        try:
+            token = parse_token(text)
+        except MalformedToken:
+            raise InvitationInvalid("malformed") from None
+
+        case = await self.find(token.case_id)
+        if case is None or not secret_matches(token.secret, case.invite_hash):
+            raise InvitationInvalid("unknown")
+        if case.tombstone:
+            raise InvitationInvalid(
+                "expired" if case.step is Step.EXPIRED else "finished"
+            )
+        return case
+
+    async def find_by_chat(self, chat_id: int) -> Case | None:
+        """Return the open case linked to a chat, or None."""
+        case_id = await self._redis.get(keys.chat(chat_id))
+        if case_id is None:
+            return None
+        case = await self.find(case_id)
+        if case is None or case.tombstone:
+            return None
+        return case
+
+    async def apply(
+        self,
+        case_id: str,
+        event: Event,
+        *,
+        expected_step: Step | None = None,
+        updates: Mapping[str, Any] | None = None,
+        deletions: Iterable[str] = (),
+        lifetime: int | None = None,
+    ) -> Case:
+        """Apply an event to a case atomically and return the case after it.
+
+        ``expected_step`` pins the step the caller saw, which is how a button
+        of one step cannot move the case on from the next step: the event is
+        rejected when the case has moved meanwhile. ``updates`` are written in
+        the same atomic step; ``lifetime`` replaces the case's TTL.
+
+        Raises:
+            CaseNotFound: no such case.
+            TransitionRejected: the event is not allowed in the current step,
+                or the case is no longer in ``expected_step``.
+            StaleCase: the case changed under every retry.
+        """
+        for _attempt in range(MAX_WRITE_ATTEMPTS):
+            case = await self.get(case_id)
+            if case.tombstone or (
+                expected_step is not None and case.step != expected_step
+            ):
+                raise TransitionRejected(case.step, event)
+            target = next_step(case.step, event, has_partner=bool(case.has_partner))
+            written = await self._write(
+                case, target, updates or {}, deletions, lifetime
+            )
+            if written is not None:
+                logger.debug(
+                    "case transition case=%s event=%s from=%s to=%s",
+                    case.ref,
+                    event,
+                    case.step,
+                    target,
+                )
+                return written
+        raise StaleCase(case_id)
+
+    async def update(
+        self,
+        case_id: str,
+        updates: Mapping[str, Any],
+        *,
+        allowed_steps: Iterable[Step] | None = None,
+        deletions: Iterable[str] = (),
+    ) -> Case:
+        """Write fields of a case without changing its step.
+
+        Raises:
+            CaseNotFound: no such case.
+            TransitionRejected: the case is not in one of ``allowed_steps``.
+            StaleCase: the case changed under every retry.
+        """
+        allowed = frozenset(allowed_steps) if allowed_steps is not None else None
+        for _attempt in range(MAX_WRITE_ATTEMPTS):
+            case = await self.get(case_id)
+            if case.tombstone or (allowed is not None and case.step not in allowed):
+                raise TransitionRejected(case.step, Event.CONFIRM)
+            written = await self._write(case, None, updates, deletions, None)
+            if written is not None:
+                return written
+        raise StaleCase(case_id)
+
+    async def modify(
+        self,
+        case_id: str,
+        change: Any,
+        *,
+        allowed_steps: Iterable[Step] | None = None,
+    ) -> Case:
+        """Read a case, compute updates from it with ``change(case)`` and write them.
+
+        ``change`` returns a mapping of fields; it runs again on a retry, with
+        the newer case, so a read-modify-write of a JSON field loses nothing.
+        """
+        allowed = frozenset(allowed_steps) if allowed_steps is not None else None
+        for _attempt in range(MAX_WRITE_ATTEMPTS):
+            case = await self.get(case_id)
+            if case.tombstone or (allowed is not None and case.step not in allowed):
+                raise TransitionRejected(case.step, Event.CONFIRM)
+            written = await self._write(case, None, change(case), (), None)
+            if written is not None:
+                return written
+        raise StaleCase(case_id)
+
+    async def link_chat(self, case: Case, chat_id: int) -> Case:
+        """Link a chat to an invited case and move it to the information step."""
+        linked = await self.apply(
+            case.case_id,
+            Event.LINK_CHAT,
+            expected_step=Step.INVITED,
+            updates={"chat_id": chat_id},
+        )
+        await self._redis.set(
+            keys.chat(chat_id), case.case_id, ex=self._remaining(linked)
+        )
+        return linked
+
+    async def finish(
+        self, case_id: str, event: Event, *, expected_step: Step | None = None
+    ) -> Case:
+        """Apply a final event and reduce the case to a tombstone.
+
+        The tombstone keeps only ``TOMBSTONE_FIELDS``; the pairing, the app
+        session and the package are deleted in the same atomic step.
+        """
+        case = await self.apply(case_id, event, expected_step=expected_step)
+        if case.step not in TERMINAL_STEPS:
+            return case
+        return await self.reduce_to_tombstone(case)
+
+    async def reduce_to_tombstone(self, case: Case) -> Case:
+        """Replace a case in a final step by a tombstone without personal data."""
+        for _attempt in range(MAX_WRITE_ATTEMPTS):
+            values = {
+                "step": case.step,
+                "municipality_code": case.municipality_code,
+                "invite_hash": case.invite_hash,
+                "created_at": case.created_at,
+                "expires_at": case.expires_at,
+                "finished_at": self._clock(),
+                "delivery_id": case.delivery_id,
+                "package_digest": case.package_digest,
+                "tombstone": True,
+            }
+            pairs = [item for pair in encode_fields(values).items() for item in pair]
+            result = await self._tombstone(
+                keys=[
+                    keys.case(case.case_id),
+                    keys.pairing(case.case_id),
+                    keys.app_session(case.case_id),
+                    keys.package(case.case_id),
+                ],
+                args=[case.version, keys.TOMBSTONE_TTL_SECONDS, *pairs],
+            )
+            if result[0] == 1:
+                if case.chat_id is not None:
+                    await self._delete_if_equal(
+                        keys=[keys.chat(case.chat_id)], args=[case.case_id]
+                    )
+                if case.pairing_page_id:
+                    await self._redis.delete(keys.pairing_page(case.pairing_page_id))
+                logger.info("case closed case=%s outcome=%s", case.ref, case.step)
+                return await self.get(case.case_id)
+            if result[0] == -1:
+                raise CaseNotFound(case.case_id)
+            case = await self.get(case.case_id)
+            if case.tombstone:
+                return case
+        raise StaleCase(case.case_id)
+
+    async def unlink_chat(self, chat_id: int, case_id: str) -> None:
+        """Forget the link between a chat and a case, if it still points there."""
+        await self._delete_if_equal(keys=[keys.chat(chat_id)], args=[case_id])
+
+    async def _write(
+        self,
+        case: Case,
+        target: Step | None,
+        updates: Mapping[str, Any],
+        deletions: Iterable[str],
+        lifetime: int | None,
+    ) -> Case | None:
+        names = list(deletions)
+        pairs = [item for pair in encode_fields(dict(updates)).items() for item in pair]
+        result = await self._compare_and_set(
+            keys=[keys.case(case.case_id)],
+            args=[
+                case.version,
+                target.value if target is not None else "",
+                lifetime or 0,
+                len(names),
+                *names,
+                *pairs,
+            ],
+        )
+        if result[0] == -1:
+            raise CaseNotFound(case.case_id)
+        if result[0] == 0:
+            return None
+        return await self.get(case.case_id)
+
+    def _remaining(self, case: Case) -> int:
+        return max(1, int(case.expires_at - self._clock()))
