@@ -1,0 +1,1 @@
+"""Data files shipped with the journey package, read with importlib.resources."""
