@@ -88,3 +88,30 @@ def delivery(delivery_id: str) -> str:
 def dead_letters() -> str:
     """List of deliveries that failed for good (metadata only)."""
     return f"{PREFIX}:dead-letters"
+
+
+DELIVERY_RECORD_TTL_SECONDS = 7 * 24 * 3600
+"""A delivery's record outlives its last retry (well under a day) by a week, so
+support can still look up how a delivery ended. It contains ids and counts only."""
+
+DELIVERY_QUEUE_TTL_SECONDS = 7 * 24 * 3600
+"""The delivery stream and the retry schedule expire a week after their last
+write, long after every delivery in them was sent or given up."""
+
+DEAD_LETTER_TTL_SECONDS = 28 * 24 * 3600
+"""Failed deliveries stay listed for support as long as the case's tombstone."""
+
+
+def delivery_schedule() -> str:
+    """Sorted set of delivery ids scored by the time of their next attempt."""
+    return f"{PREFIX}:delivery-schedule"
+
+
+def claim_failures(case_id: str) -> str:
+    """Counter of claims with a wrong code for the case, to slow brute force."""
+    return f"{PREFIX}:{{{case_id}}}:claim-failures"
+
+
+def rate_limit(scope: str, subject: str) -> str:
+    """Counter of requests in one rate-limit window (``subject`` is a hash)."""
+    return f"{PREFIX}:rate:{scope}:{{{subject}}}"

@@ -68,7 +68,9 @@ class RedisServer:
 
     def restart(self) -> None:
         """Start the server again on the same port and folder (after stop or kill)."""
-        self.process = _spawn(self.port, self.directory, self.append_only, self.extra_args)
+        self.process = _spawn(
+            self.port, self.directory, self.append_only, self.extra_args
+        )
 
 
 def start_redis_server(
@@ -85,7 +87,8 @@ def start_redis_server(
     """
     if shutil.which("redis-server") is None:
         raise RedisServerError(
-            "redis-server is not installed; install it with 'apt-get install redis-server'"
+            "redis-server is not installed; "
+            "install it with 'apt-get install redis-server'"
         )
     chosen_port = port or free_port()
     folder = directory or Path(tempfile.mkdtemp(prefix="gv-redis-"))

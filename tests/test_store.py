@@ -34,7 +34,9 @@ async def test_invitation_resolves_to_case(redis: Redis) -> None:
     ("text", "reason"),
     [("kort", "malformed"), ("x" * 45, "malformed"), ("!" * 44, "malformed")],
 )
-async def test_malformed_invitation_rejected(redis: Redis, text: str, reason: str) -> None:
+async def test_malformed_invitation_rejected(
+    redis: Redis, text: str, reason: str
+) -> None:
     store = CaseStore(redis)
     with pytest.raises(InvitationInvalid) as raised:
         await store.resolve_invitation(text)
@@ -68,7 +70,9 @@ async def test_double_tap_advances_once(redis: Redis) -> None:
 
     async def tap() -> bool:
         try:
-            await store.apply(case.case_id, Event.CONFIRM, expected_step=Step.CHECK_DIGID)
+            await store.apply(
+                case.case_id, Event.CONFIRM, expected_step=Step.CHECK_DIGID
+            )
         except TransitionRejected:
             return False
         return True

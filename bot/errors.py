@@ -1,0 +1,82 @@
+"""The PTB error handler: log the failure, reply to the client in plain Dutch.
+
+The client never sees a stack trace or an error text: only "something went
+wrong, try again" and the step they are in.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis.exceptions import RedisError
+from telegram import Update
+from telegram.error import Forbidden, TelegramError
+from telegram.ext import ContextTypes
+
+from bot.i18n import DEFAULT_LANGUAGE, translate
+from bot.services import get_services
+from handlers.render import render_no_case, render_step
+from journey.model import Case
+
+logger = logging.getLogger(__name__)
+
+
+async def handle_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Log an exception raised by a handler and tell the client to try again."""
+    error = context.error
+    if not isinstance(update, Update):
+        # Errors outside an update, e.g. in getUpdates; PTB retries those.
+        logger.error(
+            "bot error outside an update error=%s",
+            type(error).__name__,
+            exc_info=error,
+        )
+        return
+
+    case = await _find_case(update, context)
+    reference = case.ref if case is not None else "-"
+    if isinstance(error, Forbidden):
+        logger.info("client blocked the bot case=%s", reference)
+        return
+    logger.error(
+        "update failed case=%s update_id=%s error=%s",
+        reference,
+        update.update_id,
+        type(error).__name__,
+        exc_info=error,
+    )
+
+    if update.callback_query is not None:
+        try:
+            await update.callback_query.answer()
+        except TelegramError:
+            pass  # answered already, or too old to answer
+
+    chat = update.effective_chat
+    if chat is None or chat.type != chat.PRIVATE:
+        return
+    language = case.language if case is not None else DEFAULT_LANGUAGE
+    notice = translate("error.generic", language)
+    if case is None:
+        reply = render_no_case(language, notice=notice)
+    else:
+        reply = render_step(case, get_services(context), notice=notice)
+    try:
+        await reply.send(context.bot, chat.id)
+    except TelegramError as send_error:
+        logger.warning(
+            "error reply not sent case=%s error=%s",
+            reference,
+            type(send_error).__name__,
+        )
+
+
+async def _find_case(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Case | None:
+    chat = update.effective_chat
+    if chat is None:
+        return None
+    try:
+        return await get_services(context).store.find_by_chat(chat.id)
+    except (RedisError, ValueError, KeyError) as error:
+        logger.warning("case not read in error handler error=%s", type(error).__name__)
+        return None

@@ -1,0 +1,31 @@
+"""An access log that writes route patterns instead of paths.
+
+Paths contain case ids and QR page ids, which are secrets. The pattern
+(``/v1/cases/{case_id}``) gives an operator the same information without them.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+
+class RouteAccessLogger(AbstractAccessLogger):
+    """Logs ``method route status seconds`` for every request."""
+
+    def log(
+        self, request: web.BaseRequest, response: web.StreamResponse, time: float
+    ) -> None:
+        """Write one line for a finished request."""
+        route = "unmatched"
+        match_info = getattr(request, "match_info", None)
+        resource = match_info.route.resource if match_info is not None else None
+        if resource is not None:
+            route = resource.canonical
+        self.logger.info(
+            "request method=%s route=%s status=%s seconds=%.3f",
+            request.method,
+            route,
+            response.status,
+            time,
+        )

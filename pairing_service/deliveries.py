@@ -1,0 +1,284 @@
+"""The delivery queue in Redis: records, the intake stream, the retry schedule.
+
+A delivery is a hash ``keys.delivery(id)`` with ids and counts only. It enters
+through the stream ``keys.deliveries()`` (consumer group ``delivery``), from
+which a worker moves it into the sorted set ``keys.delivery_schedule()``,
+scored by the Unix time of its next attempt. Before an attempt a worker takes
+a lease on the record in one Lua script, so two workers never send the same
+delivery at the same time. A worker that dies only delays the delivery until
+its lease runs out. Every command touches one key, so the queue works on
+Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from journey import keys
+from journey.clock import Clock
+from journey.model import Case, encode_fields
+
+logger = logging.getLogger(__name__)
+
+DELIVERY_GROUP = "delivery"
+"""The consumer group that the delivery workers share."""
+
+INTAKE_CLAIM_IDLE_MS = 30_000
+"""An intake entry read but not scheduled for this long belonged to a worker
+that died; another worker takes it over."""
+
+DEAD_LETTER_MAX_LENGTH = 10_000
+"""Cap on the dead-letter list; support handles failures long before this."""
+
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+ABANDONED = "abandoned"
+"""Statuses of a delivery record."""
+
+# KEYS[1] delivery hash. ARGV[1] now, ARGV[2] owner, ARGV[3] lease end.
+# Returns {1, attempt} when leased, {0, lease end} while another worker owns
+# it, {-1} when the record is gone and {-2} when it is no longer pending.
+_LEASE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {-1} end
+if status ~= 'pending' then return {-2} end
+local held_until = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+if held_until > tonumber(ARGV[1]) then return {0, tostring(held_until)} end
+redis.call('HSET', KEYS[1], 'lease_owner', ARGV[2], 'lease_until', ARGV[3])
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+return {1, attempt}
+"""
+
+# KEYS[1] delivery hash. ARGV[1] owner, then field/value pairs to set.
+# Writes an attempt's outcome and ends the lease, but only for the worker that
+# still owns the lease. A worker whose lease ran out has lost the delivery.
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'lease_owner') ~= ARGV[1] then return 0 end
+for index = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[index], ARGV[index + 1])
+end
+redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until')
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """One delivery as stored in its hash; times are Unix times."""
+
+    delivery_id: str
+    case_id: str
+    case_ref: str
+    municipality_code: str
+    status: str
+    attempts: int
+    created_at: float
+    next_at: float
+    last_error: str = ""
+
+    @classmethod
+    def from_hash(cls, delivery_id: str, raw: dict[str, str]) -> DeliveryRecord:
+        """Build a record from the strings of its hash."""
+        return cls(
+            delivery_id=delivery_id,
+            case_id=raw["case_id"],
+            case_ref=raw["case_ref"],
+            municipality_code=raw["municipality_code"],
+            status=raw["status"],
+            attempts=int(raw.get("attempts", "0")),
+            created_at=float(raw["created_at"]),
+            next_at=float(raw.get("next_at") or raw["created_at"]),
+            last_error=raw.get("last_error", ""),
+        )
+
+
+def new_delivery_id() -> str:
+    """Return a new delivery id, sent as ``webhook-id`` on every attempt."""
+    return "msg_" + secrets.token_urlsafe(16)
+
+
+class DeliveryQueue:
+    """The Redis side of deliveries, shared by the consent step and the workers.
+
+    Args:
+        redis: a ``redis.asyncio`` client created with ``decode_responses=True``.
+        clock: the time source, injectable for tests.
+    """
+
+    def __init__(self, redis: Redis, *, clock: Clock) -> None:
+        self._redis = redis
+        self._clock = clock
+        self._lease = redis.register_script(_LEASE)
+        self._release = redis.register_script(_RELEASE)
+
+    async def enqueue(self, delivery_id: str, case: Case) -> None:
+        """Create the record of a delivery and announce it on the intake stream."""
+        now = self._clock()
+        values: dict[str, Any] = {
+            "case_id": case.case_id,
+            "case_ref": case.ref,
+            "municipality_code": case.municipality_code,
+            "status": PENDING,
+            "attempts": 0,
+            "created_at": now,
+            "next_at": now,
+        }
+        record_key = keys.delivery(delivery_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(record_key, mapping=encode_fields(values))
+            pipe.expire(record_key, keys.DELIVERY_RECORD_TTL_SECONDS)
+            await pipe.execute()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(keys.deliveries(), {"delivery_id": delivery_id})
+            pipe.expire(keys.deliveries(), keys.DELIVERY_QUEUE_TTL_SECONDS)
+            await pipe.execute()
+        logger.info("delivery queued case=%s", case.ref)
+
+    async def ensure_group(self) -> None:
+        """Create the workers' consumer group (and the stream) if missing."""
+        try:
+            await self._redis.xgroup_create(
+                keys.deliveries(), DELIVERY_GROUP, id="0", mkstream=True
+            )
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+        await self._redis.expire(
+            keys.deliveries(), keys.DELIVERY_QUEUE_TTL_SECONDS, nx=True
+        )
+
+    async def take_new(self, consumer: str, *, block_ms: int) -> int:
+        """Move announced deliveries into the retry schedule; return how many.
+
+        Entries a dead worker left unscheduled are taken over first. Blocks up
+        to ``block_ms`` when there is nothing new.
+        """
+        _next, claimed, _deleted = await self._redis.xautoclaim(
+            keys.deliveries(),
+            DELIVERY_GROUP,
+            consumer,
+            min_idle_time=INTAKE_CLAIM_IDLE_MS,
+            count=100,
+        )
+        entries = [(entry_id, fields) for entry_id, fields in claimed if fields]
+        if not entries:
+            response = await self._redis.xreadgroup(
+                DELIVERY_GROUP,
+                consumer,
+                {keys.deliveries(): ">"},
+                count=100,
+                block=block_ms,
+            )
+            for _stream, stream_entries in response or []:
+                entries.extend(stream_entries)
+
+        for entry_id, fields in entries:
+            delivery_id = fields.get("delivery_id", "")
+            next_at = await self._redis.hget(keys.delivery(delivery_id), "next_at")  # type: ignore[misc]
+            if next_at is not None:
+                await self.schedule(delivery_id, float(next_at), only_new=True)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.xack(keys.deliveries(), DELIVERY_GROUP, entry_id)
+                pipe.xdel(keys.deliveries(), entry_id)
+                await pipe.execute()
+        return len(entries)
+
+    async def schedule(
+        self,
+        delivery_id: str,
+        at: float,
+        *,
+        only_new: bool = False,
+        only_existing: bool = False,
+    ) -> None:
+        """Set the time of a delivery's next attempt in the schedule."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(
+                keys.delivery_schedule(),
+                {delivery_id: at},
+                nx=only_new,
+                xx=only_existing,
+            )
+            pipe.expire(keys.delivery_schedule(), keys.DELIVERY_QUEUE_TTL_SECONDS)
+            await pipe.execute()
+
+    async def unschedule(self, delivery_id: str) -> None:
+        """Remove a delivery from the schedule."""
+        await self._redis.zrem(keys.delivery_schedule(), delivery_id)
+
+    async def due(self, *, limit: int) -> list[str]:
+        """Return up to ``limit`` delivery ids whose next attempt is due."""
+        return list(
+            await self._redis.zrangebyscore(
+                keys.delivery_schedule(), "-inf", self._clock(), start=0, num=limit
+            )
+        )
+
+    async def next_due_at(self) -> float | None:
+        """Return the time of the earliest scheduled attempt, or None."""
+        first = await self._redis.zrange(
+            keys.delivery_schedule(), 0, 0, withscores=True
+        )
+        return float(first[0][1]) if first else None
+
+    async def lease(
+        self, delivery_id: str, owner: str, *, seconds: float
+    ) -> DeliveryRecord | None:
+        """Take the lease for one attempt; return the record, or None if not taken.
+
+        The attempt count grows by one with every lease. While the lease runs
+        the delivery is scheduled at its end, so no worker finds it due. If
+        the worker dies, the delivery is due again when the lease ends.
+        """
+        now = self._clock()
+        until = now + seconds
+        result = await self._lease(
+            keys=[keys.delivery(delivery_id)], args=[now, owner, until]
+        )
+        if result[0] == 0:
+            # Another worker owns the lease: move the delivery out of the due
+            # range until that lease ends, unless that worker removed it.
+            await self.schedule(delivery_id, float(result[1]), only_existing=True)
+            return None
+        if result[0] < 0:
+            await self.unschedule(delivery_id)
+            return None
+        await self.schedule(delivery_id, until)
+        raw: dict[str, str] = await self._redis.hgetall(keys.delivery(delivery_id))  # type: ignore[misc]
+        return DeliveryRecord.from_hash(delivery_id, raw)
+
+    async def release(self, record: DeliveryRecord, owner: str, **updates: Any) -> bool:
+        """Write the outcome of an attempt and end the lease.
+
+        Returns False when the lease had run out and another worker took the
+        delivery; the caller then writes nothing else.
+        """
+        pairs = [item for pair in encode_fields(updates).items() for item in pair]
+        released = await self._release(
+            keys=[keys.delivery(record.delivery_id)], args=[owner, *pairs]
+        )
+        return bool(released)
+
+    async def dead_letter(self, record: DeliveryRecord, reason: str) -> None:
+        """List a delivery that failed for good, with metadata only."""
+        entry = {
+            "delivery_id": record.delivery_id,
+            "case_ref": record.case_ref,
+            "municipality_code": record.municipality_code,
+            "attempts": record.attempts,
+            "reason": reason,
+            "failed_at": self._clock(),
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(keys.dead_letters(), json.dumps(entry, separators=(",", ":")))
+            pipe.ltrim(keys.dead_letters(), 0, DEAD_LETTER_MAX_LENGTH - 1)
+            pipe.expire(keys.dead_letters(), keys.DEAD_LETTER_TTL_SECONDS)
+            await pipe.execute()

@@ -1,0 +1,407 @@
+"""The delivery worker: sends each queued package to its municipality's webhook.
+
+An attempt is a Standard Webhooks POST (``webhook-id`` is the delivery id on
+every attempt, so the receiver can drop repeats). A 2xx response delivers the
+package: the case becomes a tombstone and the package is deleted. Any other
+response, a network error or a timeout schedules a retry after a jittered delay
+from the retry schedule; ``410 Gone`` and an exhausted schedule fail the
+delivery for good, which lists it as a dead letter and tells the bot.
+
+The worker keeps no delivery state in memory: the schedule and the leases are
+in Redis (see ``pairing_service.deliveries``), so a restart loses nothing and
+any number of workers can run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+
+import aiohttp
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from journey.events import EventType
+from journey.model import Case
+from journey.municipalities import Municipality
+from journey.steps import Event, Step, TransitionRejected
+from pairing_service.deliveries import (
+    ABANDONED,
+    DELIVERED,
+    FAILED,
+    DeliveryQueue,
+    DeliveryRecord,
+)
+from pairing_service.packages import load_package
+from pairing_service.retry import Jitter, full_jitter, parse_retry_after, retry_delay
+from pairing_service.services import Services
+from pairing_service.webhook import build_payload, signed_headers
+
+logger = logging.getLogger(__name__)
+
+LEASE_SECONDS = 60.0
+"""How long one attempt may own a delivery: four times the default request
+timeout, so a live worker keeps its lease unless an attempt stalls far beyond
+its timeout. A dead worker's delivery is retried within a minute."""
+
+IDLE_WAIT_SECONDS = 1.0
+"""Maximum pause between two reads of the schedule, so retries scheduled by
+other workers and a test's injected clock take effect within this time."""
+
+MIN_WAIT_SECONDS = 0.01
+"""Minimum pause, so a schedule entry that cannot be taken never spins the loop."""
+
+INTAKE_BLOCK_MS = 2000
+"""How long one read of the intake stream waits for a new delivery."""
+
+REDIS_BACKOFF_SECONDS = 2.0
+"""Pause after Redis could not be reached before the worker tries again."""
+
+STOP_GRACE_SECONDS = 5.0
+"""Time given to attempts in flight to finish when the worker stops. An attempt
+cut off after it keeps its lease and is retried by another worker."""
+
+USER_AGENT = "gezondverzekerd-delivery/1"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """The outcome of one POST to a webhook."""
+
+    status: int | None
+    """The HTTP status, or None when no response arrived."""
+    retry_after: float | None
+    error: str
+    """A short code for logs and the record: ``http_500``, ``timeout``, ..."""
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether the receiver accepted the delivery (any 2xx)."""
+        return self.status is not None and 200 <= self.status < 300
+
+
+class DeliveryWorker:
+    """Sends queued deliveries, retries failures and records the outcome.
+
+    Args:
+        services: the service's shared objects. Its clock also sets the
+            ``webhook-timestamp``, which receivers accept only within five
+            minutes of their own time.
+        schedule: maximum delay in seconds before each retry.
+        timeout_seconds: total time of one webhook request.
+        concurrency: attempts kept in flight at once.
+        jitter: draws the delay below a schedule entry (full jitter by default).
+        lease_seconds: how long one attempt may hold a delivery.
+    """
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        schedule: tuple[float, ...],
+        timeout_seconds: float,
+        concurrency: int = 8,
+        jitter: Jitter = full_jitter,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
+        self._services = services
+        self._queue = DeliveryQueue(services.redis, clock=services.clock)
+        self._schedule = schedule
+        self._timeout = timeout_seconds
+        self._concurrency = concurrency
+        self._jitter = jitter
+        self._lease_seconds = lease_seconds
+        self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._wake = asyncio.Event()
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._http: aiohttp.ClientSession | None = None
+        self._group_ready = False
+
+    @property
+    def consumer(self) -> str:
+        """This worker's name in the consumer group and in leases."""
+        return self._consumer
+
+    async def start(self) -> None:
+        """Start reading the intake stream and sending due deliveries."""
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            headers={"User-Agent": USER_AGENT},
+        )
+        self._loops = [
+            asyncio.create_task(self._intake_loop(), name="delivery-intake"),
+            asyncio.create_task(self._dispatch_loop(), name="delivery-dispatch"),
+        ]
+        logger.info("delivery worker started consumer=%s", self._consumer)
+
+    async def stop(self) -> None:
+        """Stop the loops, let attempts in flight finish briefly, close HTTP."""
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+
+        attempts = list(self._active.values())
+        if attempts:
+            _done, pending = await asyncio.wait(attempts, timeout=STOP_GRACE_SECONDS)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        logger.info("delivery worker stopped consumer=%s", self._consumer)
+
+    async def _intake_loop(self) -> None:
+        while True:
+            try:
+                if not self._group_ready:
+                    await self._queue.ensure_group()
+                    self._group_ready = True
+                taken = await self._queue.take_new(
+                    self._consumer, block_ms=INTAKE_BLOCK_MS
+                )
+                if taken:
+                    self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except (RedisConnectionError, RedisTimeoutError) as error:
+                logger.warning(
+                    "delivery intake cannot reach redis error=%s", type(error).__name__
+                )
+                await asyncio.sleep(REDIS_BACKOFF_SECONDS)
+            except ResponseError as error:
+                # The stream expired after a quiet week and took its group along.
+                if "NOGROUP" not in str(error):
+                    logger.exception("delivery intake failed")
+                    await asyncio.sleep(REDIS_BACKOFF_SECONDS)
+                self._group_ready = False
+            except Exception:
+                logger.exception("delivery intake failed")
+                await asyncio.sleep(REDIS_BACKOFF_SECONDS)
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                wait = await self._dispatch_due()
+            except asyncio.CancelledError:
+                raise
+            except (RedisConnectionError, RedisTimeoutError) as error:
+                logger.warning(
+                    "delivery dispatch cannot reach redis error=%s",
+                    type(error).__name__,
+                )
+                wait = REDIS_BACKOFF_SECONDS
+            except Exception:
+                logger.exception("delivery dispatch failed")
+                wait = REDIS_BACKOFF_SECONDS
+            # asyncio.timeout, unlike wait_for on Python 3.11, never swallows
+            # the cancellation that stops the worker.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+
+    async def _dispatch_due(self) -> float:
+        # Start an attempt for every due delivery this worker can lease, then
+        # return how long to wait until the next one is due.
+        free = self._concurrency - len(self._active)
+        if free > 0:
+            for delivery_id in await self._queue.due(limit=free):
+                if delivery_id in self._active:
+                    continue
+                record = await self._queue.lease(
+                    delivery_id, self._consumer, seconds=self._lease_seconds
+                )
+                if record is None:
+                    continue
+                task = asyncio.create_task(self._run_attempt(record))
+                self._active[delivery_id] = task
+
+        if len(self._active) >= self._concurrency:
+            return IDLE_WAIT_SECONDS
+        next_at = await self._queue.next_due_at()
+        if next_at is None:
+            return IDLE_WAIT_SECONDS
+        until_due = next_at - self._services.clock()
+        return min(IDLE_WAIT_SECONDS, max(MIN_WAIT_SECONDS, until_due))
+
+    async def _run_attempt(self, record: DeliveryRecord) -> None:
+        try:
+            await self._attempt(record)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The lease runs out and another attempt follows; nothing is lost.
+            logger.exception(
+                "delivery attempt aborted case=%s attempt=%s",
+                record.case_ref,
+                record.attempts,
+            )
+        finally:
+            self._active.pop(record.delivery_id, None)
+            self._wake.set()
+
+    async def _attempt(self, record: DeliveryRecord) -> None:
+        services = self._services
+        case = await services.store.find(record.case_id)
+        if case is None or case.delivery_id != record.delivery_id:
+            await self._abandon(record, "case_gone")
+            return
+
+        # A worker that died after finishing the case but before closing the
+        # record left this; complete the bookkeeping without sending again.
+        if case.step is Step.DELIVERED:
+            await self._close_delivered(record, case, finished_here=False)
+            return
+        if case.step is Step.DELIVERY_FAILED:
+            await self._close_failed(record, case, record.last_error or "unknown")
+            return
+        if case.step is not Step.DELIVERING:
+            await self._abandon(record, f"case_{case.step.value}")
+            return
+
+        municipality = services.registry.get(case.municipality_code)
+        if municipality is None or not municipality.participates:
+            await self._fail(record, case, "municipality_unavailable")
+            return
+        package = await load_package(services, case.case_id)
+        if package is None:
+            await self._fail(record, case, "package_missing")
+            return
+
+        body = build_payload(case, package, created_at=record.created_at)
+        result = await self._post(municipality, record, body)
+        if result.succeeded:
+            await self._close_delivered(record, case, finished_here=True)
+            return
+        if result.status == 410:
+            # 410 Gone: Standard Webhooks senders disable the endpoint.
+            await self._fail(record, case, "endpoint_gone")
+            return
+
+        delay = retry_delay(
+            record.attempts,
+            self._schedule,
+            retry_after=result.retry_after,
+            jitter=self._jitter,
+        )
+        if delay is None:
+            await self._fail(record, case, result.error)
+            return
+        next_at = services.clock() + delay
+        if await self._queue.release(
+            record, self._consumer, next_at=next_at, last_error=result.error
+        ):
+            await self._queue.schedule(record.delivery_id, next_at)
+        logger.warning(
+            "delivery attempt failed case=%s attempt=%s error=%s retry_in=%.1f",
+            record.case_ref,
+            record.attempts,
+            result.error,
+            delay,
+        )
+
+    async def _post(
+        self, municipality: Municipality, record: DeliveryRecord, body: bytes
+    ) -> AttemptResult:
+        assert self._http is not None, "the worker is not started"
+        headers = signed_headers(
+            municipality.signing_secret,
+            record.delivery_id,
+            body,
+            now=self._services.clock(),
+        )
+        try:
+            async with self._http.post(
+                municipality.webhook_url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                retry_after = parse_retry_after(
+                    response.headers.get("Retry-After"), now=self._services.clock()
+                )
+        except TimeoutError:
+            return AttemptResult(None, None, "timeout")
+        except aiohttp.ClientError as error:
+            return AttemptResult(None, None, type(error).__name__)
+        return AttemptResult(status, retry_after, f"http_{status}")
+
+    async def _close_delivered(
+        self, record: DeliveryRecord, case: Case, *, finished_here: bool
+    ) -> None:
+        services = self._services
+        publish = True
+        if finished_here:
+            try:
+                await services.store.finish(
+                    case.case_id, Event.DELIVERED, expected_step=Step.DELIVERING
+                )
+            except TransitionRejected:
+                # Another worker, whose lease had run out, finished the case
+                # first and published the event.
+                publish = False
+        if publish:
+            await services.events.publish(
+                EventType.DELIVERED, case.case_id, step=Step.DELIVERED.value
+            )
+        await self._queue.release(
+            record, self._consumer, status=DELIVERED, delivered_at=services.clock()
+        )
+        await self._queue.unschedule(record.delivery_id)
+        logger.info(
+            "delivery succeeded case=%s attempt=%s", record.case_ref, record.attempts
+        )
+
+    async def _fail(self, record: DeliveryRecord, case: Case, reason: str) -> None:
+        try:
+            await self._services.store.apply(
+                case.case_id, Event.DELIVERY_FAILED, expected_step=Step.DELIVERING
+            )
+        except TransitionRejected:
+            logger.info(
+                "delivery already closed case=%s step=%s", record.case_ref, case.step
+            )
+            await self._queue.release(record, self._consumer, status=FAILED)
+            await self._queue.unschedule(record.delivery_id)
+            return
+        await self._close_failed(record, case, reason)
+
+    async def _close_failed(
+        self, record: DeliveryRecord, case: Case, reason: str
+    ) -> None:
+        await self._queue.dead_letter(record, reason)
+        await self._services.events.publish(
+            EventType.DELIVERY_FAILED,
+            case.case_id,
+            step=Step.DELIVERY_FAILED.value,
+            reason=reason,
+            attempts=record.attempts,
+        )
+        await self._queue.release(
+            record, self._consumer, status=FAILED, last_error=reason
+        )
+        await self._queue.unschedule(record.delivery_id)
+        logger.warning(
+            "delivery failed for good case=%s attempts=%s reason=%s",
+            record.case_ref,
+            record.attempts,
+            reason,
+        )
+
+    async def _abandon(self, record: DeliveryRecord, reason: str) -> None:
+        await self._queue.release(
+            record, self._consumer, status=ABANDONED, last_error=reason
+        )
+        await self._queue.unschedule(record.delivery_id)
+        logger.warning("delivery abandoned case=%s reason=%s", record.case_ref, reason)

@@ -1,0 +1,1 @@
+"""HTML pages and their texts; client-facing Dutch lives here, not in Python."""
