@@ -155,7 +155,7 @@ class EventConsumer:
         return True
 
     async def _send_for(self, event: ServiceEvent, case: Case, chat_id: int) -> None:
-        language = case.language
+        language = str(event.data.get("language") or case.language)
         municipality = self._services.municipality_name(case.municipality_code)
 
         if event.type is EventType.PAIRING_CLAIMED:
@@ -222,11 +222,8 @@ class EventConsumer:
 def _chat_of(case: Case | None, event: ServiceEvent) -> int | None:
     if case is not None and case.chat_id is not None and not case.tombstone:
         return case.chat_id
-    # A final event (delivered) may arrive after the service reduced the case
-    # to a tombstone, which keeps no chat id. The service may then put the chat
-    # id in the event itself.
-    # NOTE: the contract does not yet say that "delivered" carries data.chat_id;
-    # without it the client gets no delivery confirmation in that race.
+    # A final event (delivered, refused) arrives after the service reduced the
+    # case to a tombstone, which keeps no chat id, so the event carries it.
     raw = event.data.get("chat_id")
     if isinstance(raw, int) or (isinstance(raw, str) and raw.lstrip("-").isdigit()):
         return int(raw)

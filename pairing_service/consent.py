@@ -102,7 +102,11 @@ async def _refuse(services: Services, case: Case) -> Case:
     finished = await services.store.finish(case.case_id, Event.REFUSE)
     if finished.step in TERMINAL_STEPS:
         await services.events.publish(
-            EventType.REFUSED, case.case_id, step=finished.step.value
+            EventType.REFUSED,
+            case.case_id,
+            step=finished.step.value,
+            chat_id=case.chat_id,
+            language=case.language,
         )
     logger.info("consent rejected case=%s", case.ref)
     return finished

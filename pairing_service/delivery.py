@@ -352,8 +352,14 @@ class DeliveryWorker:
                 # first and published the event.
                 publish = False
         if publish:
+            # The tombstone keeps no chat id, so the final event carries the
+            # chat and language the bot needs to confirm the delivery.
             await services.events.publish(
-                EventType.DELIVERED, case.case_id, step=Step.DELIVERED.value
+                EventType.DELIVERED,
+                case.case_id,
+                step=Step.DELIVERED.value,
+                chat_id=case.chat_id,
+                language=case.language,
             )
         await self._queue.release(
             record, self._consumer, status=DELIVERED, delivered_at=services.clock()
