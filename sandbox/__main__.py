@@ -1,0 +1,164 @@
+"""Run the whole journey locally: ``python -m sandbox [--headless]``.
+
+Interactive mode starts every part, creates an invitation and prints the
+chat page's address and the message to send there; it runs until Ctrl-C.
+Headless mode plays a scripted client from the invitation to the delivery,
+prints the transcript and exits 0 only when the municipality received and
+decrypted the uploaded package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from sandbox.app_simulator import synthetic_package
+from sandbox.scripted_client import JourneyFailed, ScriptedClient
+from sandbox.stack import SandboxStack, running_stack
+from sandbox.telegram_emulator import EmulatorClient
+
+logger = logging.getLogger("sandbox")
+
+DEFAULT_EMULATOR_PORT = 8081
+DEFAULT_SERVICE_PORT = 8080
+HEADLESS_USER_ID = 424242
+"""Telegram user id of the scripted client."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, run the sandbox and return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
+    parser.add_argument(
+        "--headless",
+        action="store_true",
+        help="play a scripted client to the delivery, print the transcript, exit",
+    )
+    parser.add_argument(
+        "--partner", action="store_true", help="headless: the client has a partner"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--emulator-port",
+        type=int,
+        default=None,
+        help=f"port of the Telegram emulator (default {DEFAULT_EMULATOR_PORT}, "
+        "a free port in headless mode)",
+    )
+    parser.add_argument(
+        "--service-port",
+        type=int,
+        default=None,
+        help=f"port of the pairing service (default {DEFAULT_SERVICE_PORT}, "
+        "a free port in headless mode)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="log at DEBUG level")
+    arguments = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.DEBUG if arguments.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    # The HTTP client logs full URLs, which hold the bot token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    try:
+        if arguments.headless:
+            return asyncio.run(_headless(arguments))
+        return asyncio.run(_interactive(arguments))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _headless(arguments: argparse.Namespace) -> int:
+    telegram_token = os.environ.get("TELEGRAM_BOT_TOKEN")
+    if telegram_token:
+        print(
+            "--headless plays the client through the emulator; unset TELEGRAM_BOT_TOKEN"
+        )
+        return 2
+    async with running_stack(
+        redis_url=os.environ.get("REDIS_URL") or None,
+        host=arguments.host,
+        emulator_port=arguments.emulator_port or 0,
+        service_port=arguments.service_port or 0,
+    ) as stack:
+        assert stack.emulator_url is not None
+        invitation = await stack.invite()
+        package = synthetic_package("headless-run")
+        async with EmulatorClient(stack.emulator_url) as emulator:
+            client = ScriptedClient(stack, emulator, HEADLESS_USER_ID)
+            try:
+                transcript = await client.play(
+                    invitation, partner=arguments.partner, package=package
+                )
+            except JourneyFailed as error:
+                print(client.transcript.render())
+                print(f"\nFAILED: {error}")
+                return 1
+        print(transcript.render())
+        receiver = stack.receiver(invitation.municipality_code)
+        received = receiver.deliveries[0] if receiver.deliveries else None
+        if received is None or received.plaintext != package:
+            print("\nFAILED: the municipality did not receive the uploaded package")
+            return 1
+        print(
+            f"\nDelivered: {len(package)} bytes to {invitation.municipality_code}, "
+            f"signature verified, decrypted equal to the upload, "
+            f"{transcript.taps} taps by the client."
+        )
+        return 0
+
+
+async def _interactive(arguments: argparse.Namespace) -> int:
+    telegram_token = os.environ.get("TELEGRAM_BOT_TOKEN") or None
+    async with running_stack(
+        redis_url=os.environ.get("REDIS_URL") or None,
+        host=arguments.host,
+        emulator_port=_port(arguments.emulator_port, DEFAULT_EMULATOR_PORT),
+        service_port=_port(arguments.service_port, DEFAULT_SERVICE_PORT),
+        telegram_token=telegram_token,
+    ) as stack:
+        invitation = await stack.invite()
+        _print_welcome(stack, invitation.token, invitation.deep_link)
+        await _wait_for_stop()
+    return 0
+
+
+def _print_welcome(stack: SandboxStack, token: str, deep_link: str) -> None:
+    print("The sandbox is running.")
+    if stack.chat_page_url is not None:
+        print(f"  Chat page:        {stack.chat_page_url}")
+        print(f"  Send this there:  /start {token}")
+    else:
+        print(f"  Invitation link:  {deep_link}")
+    print(f"  Pairing service:  {stack.service_url}")
+    for endpoint in stack.municipalities.values():
+        print(f"  Municipality:     {endpoint.name} receives at {endpoint.url}")
+    print("  The QR code's link opens the app page; the app simulator is:")
+    print(f"    python -m sandbox.app_simulator {stack.service_url} '<the app link>'")
+    print("Stop with Ctrl-C.")
+    sys.stdout.flush()
+
+
+def _port(requested: int | None, default: int) -> int:
+    return default if requested is None else requested
+
+
+async def _wait_for_stop() -> None:
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal_number, stopped.set)
+    await stopped.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

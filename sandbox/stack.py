@@ -1,0 +1,318 @@
+"""The whole product on one machine: Redis, service, emulator, receivers, bot.
+
+``running_stack`` starts every part in the current event loop on loopback
+ports and returns what a person, a test or a benchmark needs to drive it.
+The sandbox municipalities get fresh keys and signing secrets on every start;
+nothing of them is written outside the run's own temporary folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import secrets
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from redis.asyncio import Redis
+
+from bot.application import running_bot
+from bot.config import BotSettings
+from journey.municipalities import MunicipalityRegistry
+from journey.package import KeyPair, SuiteName, generate_key_pair
+from pairing_service.app import create_app
+from pairing_service.config import Settings
+from sandbox.municipality_receiver import MunicipalityReceiver, start_receiver
+from sandbox.redis_server import RedisServer, start_redis_server
+from sandbox.telegram_emulator import RateLimits, start_emulator
+
+logger = logging.getLogger(__name__)
+
+EMULATOR_BOT_TOKEN = "1000001:sandbox-emulator-token"
+"""Any token of Telegram's shape works against the emulator."""
+
+EMULATOR_BOT_USERNAME = "gezondverzekerd_sandbox_bot"
+
+
+@dataclass(frozen=True)
+class SandboxMunicipality:
+    """A municipality of the sandbox registry."""
+
+    code: str
+    name: str
+    participates: bool
+    suite: SuiteName = SuiteName.X25519
+
+
+SANDBOX_MUNICIPALITIES: tuple[SandboxMunicipality, ...] = (
+    SandboxMunicipality("GM0193", "Zwolle", True),
+    SandboxMunicipality("GM0363", "Amsterdam", True, SuiteName.MLKEM768_X25519),
+    SandboxMunicipality("GM0796", "'s-Hertogenbosch", False),
+)
+"""Zwolle with the classical suite, Amsterdam with the post-quantum hybrid,
+and a municipality that does not take part."""
+
+DEFAULT_MUNICIPALITY = "GM0193"
+
+
+@dataclass
+class Invitation:
+    """What the website gets back when it creates a case."""
+
+    case_id: str
+    case_ref: str
+    token: str
+    deep_link: str
+    municipality_code: str
+
+
+@dataclass
+class MunicipalityEndpoint:
+    """A running receiver with the keys it holds."""
+
+    code: str
+    name: str
+    url: str
+    receiver: MunicipalityReceiver
+    key_pair: KeyPair
+    signing_secret: str
+
+
+@dataclass
+class SandboxStack:
+    """Addresses and handles of a running sandbox."""
+
+    redis_url: str
+    redis: Redis
+    service_url: str
+    service_token: str
+    emulator_url: str | None
+    bot_username: str
+    registry: MunicipalityRegistry
+    registry_path: Path
+    municipalities: dict[str, MunicipalityEndpoint] = field(default_factory=dict)
+    bot: Any = None
+
+    @property
+    def chat_page_url(self) -> str | None:
+        """The emulator's chat page, for a person; None against real Telegram."""
+        if self.emulator_url is None:
+            return None
+        return f"{self.emulator_url}/chat"
+
+    def receiver(self, code: str = DEFAULT_MUNICIPALITY) -> MunicipalityReceiver:
+        """Return the receiver of one municipality."""
+        return self.municipalities[code].receiver
+
+    async def invite(
+        self, municipality_code: str = DEFAULT_MUNICIPALITY, *, email: str | None = None
+    ) -> Invitation:
+        """Create a case as the website does, through the internal API."""
+        body = {"municipality_code": municipality_code, "email": email}
+        headers = {"Authorization": f"Bearer {self.service_token}"}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"{self.service_url}/v1/cases", json=body, headers=headers
+            ) as response:
+                document = await response.json()
+                if response.status != 201:
+                    raise RuntimeError(
+                        f"case creation failed: {response.status} {document}"
+                    )
+        return Invitation(
+            case_id=document["case_id"],
+            case_ref=document["case_ref"],
+            token=document["invitation_token"],
+            deep_link=document["deep_link"],
+            municipality_code=municipality_code,
+        )
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    *,
+    redis_url: str | None = None,
+    host: str = "127.0.0.1",
+    emulator_port: int = 0,
+    service_port: int = 0,
+    telegram_token: str | None = None,
+    rate_limits: RateLimits | None = None,
+    start_bot: bool = True,
+) -> AsyncIterator[SandboxStack]:
+    """Start the whole product and yield its addresses; stop it all on exit.
+
+    Without ``redis_url`` a private redis-server runs on a free port. With
+    ``telegram_token`` the bot talks to real Telegram and no emulator starts.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="gv-sandbox-"))
+    redis_server: RedisServer | None = None
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(shutil.rmtree, workdir, True)
+        if redis_url is None:
+            redis_server = start_redis_server()
+            stack.callback(redis_server.stop)
+            redis_url = redis_server.url
+        redis = Redis.from_url(redis_url, decode_responses=True)
+        stack.push_async_callback(redis.aclose)
+
+        endpoints: dict[str, MunicipalityEndpoint] = {}
+        for municipality in SANDBOX_MUNICIPALITIES:
+            if not municipality.participates:
+                continue
+            endpoint = await _start_endpoint(municipality, host)
+            stack.push_async_callback(endpoint.receiver_runner.cleanup)
+            endpoints[municipality.code] = endpoint.endpoint
+        registry_path = workdir / "municipalities.json"
+        registry_path.write_text(
+            json.dumps(_registry_document(endpoints), indent=2), encoding="utf-8"
+        )
+        registry = MunicipalityRegistry.load(registry_path)
+
+        emulator_url: str | None = None
+        bot_username = EMULATOR_BOT_USERNAME
+        if telegram_token is None:
+            runner, emulator_url = await start_emulator(
+                host,
+                emulator_port,
+                bot_username=EMULATOR_BOT_USERNAME,
+                rate_limits=rate_limits,
+            )
+            stack.push_async_callback(runner.cleanup)
+
+        service_token = secrets.token_urlsafe(32)
+        listener = _listen(host, service_port)
+        service_url = f"http://{host}:{listener.getsockname()[1]}"
+        settings = Settings(
+            service_token=service_token,
+            public_base_url=service_url,
+            bot_username=bot_username,
+            registry_path=registry_path,
+            redis_url=redis_url,
+            host=host,
+            port=listener.getsockname()[1],
+            delivery_retry_schedule=(0.5, 1.0, 2.0),
+        )
+        service_app = create_app(settings, redis=redis, registry=registry)
+        service_runner = web.AppRunner(service_app, access_log=None)
+        await service_runner.setup()
+        await web.SockSite(service_runner, listener).start()
+        stack.push_async_callback(service_runner.cleanup)
+
+        sandbox = SandboxStack(
+            redis_url=redis_url,
+            redis=redis,
+            service_url=service_url,
+            service_token=service_token,
+            emulator_url=emulator_url,
+            bot_username=bot_username,
+            registry=registry,
+            registry_path=registry_path,
+            municipalities=endpoints,
+        )
+        if start_bot:
+            bot_settings = BotSettings(
+                telegram_token=telegram_token or EMULATOR_BOT_TOKEN,
+                redis_url=redis_url,
+                pairing_service_url=service_url,
+                service_token=service_token,
+                municipality_registry=registry_path,
+                consumer_name=f"sandbox-{secrets.token_hex(3)}",
+                poll_timeout=10,
+                **(
+                    {}
+                    if emulator_url is None
+                    else {
+                        "api_base_url": f"{emulator_url}/bot",
+                        "file_base_url": f"{emulator_url}/file/bot",
+                    }
+                ),
+            )
+            sandbox.bot = await stack.enter_async_context(
+                running_bot(bot_settings, redis=redis, registry=registry)
+            )
+            if telegram_token is not None:
+                me = await sandbox.bot.bot.get_me()
+                sandbox.bot_username = me.username
+        logger.info("sandbox started service=%s emulator=%s", service_url, emulator_url)
+        yield sandbox
+    logger.info("sandbox stopped")
+
+
+@dataclass
+class _StartedEndpoint:
+    endpoint: MunicipalityEndpoint
+    receiver_runner: web.AppRunner
+
+
+async def _start_endpoint(
+    municipality: SandboxMunicipality, host: str
+) -> _StartedEndpoint:
+    key_pair = generate_key_pair(municipality.suite)
+    signing_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    runner, url, receiver = await start_receiver(
+        secret=signing_secret,
+        private_key=key_pair.private_key,
+        suite=municipality.suite,
+        host=host,
+        path=f"/gemeente/{municipality.code}/webhook",
+    )
+    endpoint = MunicipalityEndpoint(
+        code=municipality.code,
+        name=municipality.name,
+        url=url,
+        receiver=receiver,
+        key_pair=key_pair,
+        signing_secret=signing_secret,
+    )
+    return _StartedEndpoint(endpoint, runner)
+
+
+def _registry_document(endpoints: dict[str, MunicipalityEndpoint]) -> dict[str, Any]:
+    entries: list[dict[str, Any]] = []
+    for municipality in SANDBOX_MUNICIPALITIES:
+        if not municipality.participates:
+            entries.append(
+                {
+                    "code": municipality.code,
+                    "name": municipality.name,
+                    "participates": False,
+                }
+            )
+            continue
+        endpoint = endpoints[municipality.code]
+        entries.append(
+            {
+                "code": municipality.code,
+                "name": municipality.name,
+                "participates": True,
+                "webhook_url": endpoint.url,
+                "signing_secret": endpoint.signing_secret,
+                "hpke": {
+                    "suite": municipality.suite.value,
+                    "key_id": f"{municipality.code.lower()}-sandbox",
+                    "public_key": endpoint.key_pair.public_key,
+                },
+            }
+        )
+    return {"municipalities": entries}
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    # Binding first and handing the socket to aiohttp means the service knows
+    # its own address before it starts, with no window for another process to
+    # take the port.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(128)
+    return listener
