@@ -141,8 +141,8 @@ def _print_welcome(stack: SandboxStack, token: str, deep_link: str) -> None:
     print(f"  Pairing service:  {stack.service_url}")
     for endpoint in stack.municipalities.values():
         print(f"  Municipality:     {endpoint.name} receives at {endpoint.url}")
-    print("  The QR code's link opens the app page; the app simulator is:")
-    print(f"    python -m sandbox.app_simulator {stack.service_url} '<the app link>'")
+    print("  Play the Ockto app with the link behind 'Open de Ockto app':")
+    print(f"    {sys.executable} -m sandbox.phone {stack.service_url} '<link>'")
     print("Stop with Ctrl-C.")
     sys.stdout.flush()
 
