@@ -6,44 +6,32 @@ import logging
 import os
 import sys
 
-from bot.application import ALLOWED_UPDATES, build_application
+from bot.application import ALLOWED_UPDATES, build_application, webhook_arguments
 from bot.config import BotMode, BotSettings, ConfigError
+from journey.logging_setup import configure_logging, parse_level
 from journey.municipalities import RegistryError
 
 logger = logging.getLogger(__name__)
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-
-
-def configure_logging() -> None:
-    """Log to stderr at ``LOG_LEVEL`` (default INFO).
-
-    httpx logs every request URL at INFO, and that URL contains the bot
-    token, so its logger is held at WARNING. PTB logs the parameters and
-    responses of every Bot API call at DEBUG, chat ids and message texts
-    included, so the ``telegram`` loggers stay at INFO or above.
-    """
-    level = logging.getLevelName(os.environ.get("LOG_LEVEL", "INFO").upper())
-    if not isinstance(level, int):
-        level = logging.INFO
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("telegram").setLevel(max(level, logging.INFO))
-
 
 def main() -> int:
-    """Read the settings from the environment and run the bot until interrupted."""
-    configure_logging()
+    """Read the settings from the environment and run the bot until interrupted.
+
+    Logs go to stderr as ``key=value`` lines at ``LOG_LEVEL`` (default INFO),
+    with every record that carries a bot token dropped
+    (``journey.logging_setup``). Exits with status 2 when a setting is invalid.
+    """
+    try:
+        level = parse_level(os.environ.get("LOG_LEVEL"))
+    except ValueError as error:
+        print(f"configuration invalid: {error}", file=sys.stderr)
+        return 2
+    configure_logging(level)
+
     try:
         settings = BotSettings.from_env()
     except ConfigError as error:
         logger.error("configuration invalid: %s", error)
-        return 2
-
-    if settings.mode is BotMode.WEBHOOK:
-        # TODO: webhook mode (Application.run_webhook behind a TLS proxy, with
-        # a secret_token) is not built yet; run with BOT_MODE=polling.
-        logger.error("BOT_MODE=webhook is not supported yet; use BOT_MODE=polling")
         return 2
 
     try:
@@ -53,6 +41,11 @@ def main() -> int:
         return 2
 
     logger.info("bot starting settings=%r", settings)
+    if settings.mode is BotMode.WEBHOOK:
+        # PTB serves plain HTTP; TLS ends at the proxy that WEBHOOK_URL names.
+        application.run_webhook(**webhook_arguments(settings))
+        return 0
+
     application.run_polling(
         poll_interval=0,
         timeout=settings.poll_timeout,

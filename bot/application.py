@@ -1,27 +1,31 @@
 """Assembly of the PTB ``Application``: handlers, rate limiter, event consumer.
 
 ``build_application`` wires everything; ``running_bot`` runs it in polling
-mode inside an ``async with`` block, for tests and the sandbox. The process
-entry point is ``bot.__main__``.
+mode and ``running_webhook_bot`` in webhook mode inside an ``async with``
+block, for tests and the sandbox. The process entry point is ``bot.__main__``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from telegram import BotCommand, Update
-from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
+from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, Updater
 
+from bot import health, metrics, reminders
 from bot.config import BotSettings
 from bot.errors import handle_error
 from bot.events_consumer import EventConsumer
 from bot.i18n import DEFAULT_LANGUAGE, SUPPORTED_LANGUAGES, translate
 from bot.service_client import ServiceClient
 from bot.services import SERVICES_KEY, BotServices, services_of
+from bot.support.desk import SupportDesk
+from bot.update_order import ChatOrderedUpdateProcessor
 from handlers import (
     app_step,
     checklist,
@@ -33,24 +37,29 @@ from handlers import (
     qr,
     start,
 )
+from handlers import language as language_command
+from handlers import support as support_handlers
+from handlers.support import SUPPORT_DESK_KEY
 from journey.events import EventStream
 from journey.municipalities import MunicipalityRegistry
+from journey.redis_client import connect
 from journey.store import CaseStore
 
 logger = logging.getLogger(__name__)
 
 CONSUMER_KEY = "event_consumer"
 OWNED_REDIS_KEY = "owned_redis"
+HEALTH_SERVER_KEY = "health_server"
 
 CONCURRENT_UPDATES = 32
-"""Updates handled at once. Every transition is a compare-and-set in Redis,
-so two updates of one chat handled together still move a case once."""
+"""Updates handled at once over all chats; the updates of one chat run one
+after another (``bot.update_order``)."""
 
 RATE_LIMIT_RETRIES = 2
 """Times a request is sent again after Telegram responded 429 with ``retry_after``;
 the rate limiter waits the time Telegram asks for before each retry."""
 
-MENU_COMMANDS: tuple[str, ...] = ("start", "hulp", "status", "stop")
+MENU_COMMANDS: tuple[str, ...] = ("start", "hulp", "status", "stop", "taal")
 """The commands in the bot's menu, in menu order; descriptions are in the catalog."""
 
 ALLOWED_UPDATES: tuple[str, ...] = (
@@ -84,7 +93,7 @@ def build_application(
     """
     owned_redis = redis is None
     if redis is None:
-        redis = Redis.from_url(settings.redis_url, decode_responses=True)
+        redis = connect(settings.redis_url)
     if registry is None:
         registry = (
             MunicipalityRegistry.load(settings.municipality_registry)
@@ -101,8 +110,15 @@ def build_application(
         # Telegram's one-message-a-second advice for a single chat is not
         # enforced. A reply here is one or two messages, well within bursts
         # Telegram accepts.
-        .rate_limiter(AIORateLimiter(max_retries=RATE_LIMIT_RETRIES))
-        .concurrent_updates(CONCURRENT_UPDATES)
+        .rate_limiter(
+            AIORateLimiter(
+                max_retries=RATE_LIMIT_RETRIES,
+                group_max_rate=settings.group_max_messages,
+                group_time_period=settings.group_window_seconds,
+            )
+        )
+        .request(metrics.CountingRequest())
+        .concurrent_updates(ChatOrderedUpdateProcessor(CONCURRENT_UPDATES))
         .post_init(_post_init)
         .post_stop(_post_stop)
         .post_shutdown(_post_shutdown)
@@ -133,16 +149,70 @@ async def running_bot(
     loop: initialize, ``post_init``, start polling, start; and on exit stop
     polling, stop, ``post_stop``, shut down, ``post_shutdown``.
     """
+
+    async def start_polling(updater: Updater) -> None:
+        await updater.start_polling(
+            poll_interval=0,
+            timeout=settings.poll_timeout,
+            allowed_updates=list(ALLOWED_UPDATES),
+        )
+
+    async with _running(settings, redis, registry, start_polling) as application:
+        yield application
+
+
+@contextlib.asynccontextmanager
+async def running_webhook_bot(
+    settings: BotSettings,
+    *,
+    redis: Redis | None = None,
+    registry: MunicipalityRegistry | None = None,
+) -> AsyncIterator[BotApplication]:
+    """Run the bot in webhook mode for the duration of an ``async with`` block.
+
+    PTB's webhook server listens on ``settings.webhook_listen`` and
+    ``settings.webhook_port`` at the path of ``settings.webhook_url``, and
+    responds 403 to a post without ``settings.webhook_secret_token``. PTB
+    calls setWebhook at every start. Replicas pass the same URL and secret,
+    so the call is idempotent and any replica may start first.
+    """
+
+    async def start_webhook(updater: Updater) -> None:
+        await updater.start_webhook(**webhook_arguments(settings))
+
+    async with _running(settings, redis, registry, start_webhook) as application:
+        yield application
+
+
+def webhook_arguments(settings: BotSettings) -> dict[str, Any]:
+    """Return the arguments of PTB's ``start_webhook`` for ``settings``.
+
+    The local path is the path of the public ``WEBHOOK_URL``, so a proxy that
+    forwards the path unchanged needs no rewrite rule.
+    """
+    return {
+        "listen": settings.webhook_listen,
+        "port": settings.webhook_port,
+        "url_path": urlsplit(settings.webhook_url).path.lstrip("/"),
+        "webhook_url": settings.webhook_url,
+        "secret_token": settings.webhook_secret_token,
+        "allowed_updates": list(ALLOWED_UPDATES),
+    }
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    settings: BotSettings,
+    redis: Redis | None,
+    registry: MunicipalityRegistry | None,
+    start_updater: Callable[[Updater], Awaitable[None]],
+) -> AsyncIterator[BotApplication]:
     application = build_application(settings, redis=redis, registry=registry)
     await application.initialize()
     try:
         await _post_init(application)
         assert application.updater is not None
-        await application.updater.start_polling(
-            poll_interval=0,
-            timeout=settings.poll_timeout,
-            allowed_updates=list(ALLOWED_UPDATES),
-        )
+        await start_updater(application.updater)
         await application.start()
         try:
             yield application
@@ -161,10 +231,29 @@ def _add_handlers(application: BotApplication) -> None:
     # Groups first, so no step handler replies in a group; the fallbacks last,
     # so they only get what no step took. All are in handler group 0, where
     # the first matching handler wins.
-    application.add_handlers(fallback.build_group_handlers())
-    for module in (start, commands, info, checklist, partner, app_step, qr, consent):
+    support_group_id = services_of(application).settings.support_group_id
+    exempt = [support_group_id] if support_group_id is not None else []
+    application.add_handlers(fallback.build_group_handlers(exempt_chat_ids=exempt))
+    for module in (
+        start,
+        commands,
+        language_command,
+        info,
+        checklist,
+        partner,
+        app_step,
+        qr,
+        consent,
+    ):
         application.add_handlers(module.build_handlers())
+    if support_group_id is not None:
+        application.add_handlers(support_handlers.build_handlers(support_group_id))
     application.add_handlers(fallback.build_handlers())
+    # Group -2 runs before every other group: it only records that a client
+    # blocked the bot or wrote again, for the reminders, and never replies.
+    application.add_handlers(reminders.build_handlers(), group=-2)
+    for handler, group in metrics.build_handlers():
+        application.add_handler(handler, group)
     application.add_error_handler(handle_error)
 
 
@@ -174,7 +263,17 @@ async def _post_init(application: BotApplication) -> None:
     consumer = EventConsumer(services, application.bot, services.settings.consumer_name)
     application.bot_data[CONSUMER_KEY] = consumer
     consumer.start()
-    logger.info("bot started mode=%s", services.settings.mode)
+    await reminders.start_in_application(application, services.store.redis)
+    if services.settings.support_group_id is not None:
+        desk = SupportDesk(services, application.bot)
+        application.bot_data[SUPPORT_DESK_KEY] = desk
+        await desk.start()
+    settings = services.settings
+    if settings.health_port is not None:
+        application.bot_data[HEALTH_SERVER_KEY] = await health.start_server(
+            services.store.redis, settings.health_listen, settings.health_port
+        )
+    logger.info("bot started mode=%s", settings.mode)
 
 
 async def _set_commands(application: BotApplication) -> None:
@@ -189,6 +288,10 @@ async def _set_commands(application: BotApplication) -> None:
 
 
 async def _post_stop(application: BotApplication) -> None:
+    desk: SupportDesk | None = application.bot_data.get(SUPPORT_DESK_KEY)
+    if desk is not None:
+        await desk.stop()
+    await reminders.stop_in_application(application)
     consumer: EventConsumer | None = application.bot_data.get(CONSUMER_KEY)
     if consumer is not None:
         await consumer.stop()
@@ -199,6 +302,9 @@ async def _post_shutdown(application: BotApplication) -> None:
     await _post_stop(application)
     services = services_of(application)
     await services.service.close()
+    health_server = application.bot_data.pop(HEALTH_SERVER_KEY, None)
+    if health_server is not None:
+        await health_server.cleanup()
     if application.bot_data.get(OWNED_REDIS_KEY):
         await services.store.redis.aclose()
     logger.info("bot stopped")

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import logging
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from telegram import Update
 from telegram.error import Forbidden, TelegramError
 from telegram.ext import ContextTypes
 
 from bot.i18n import DEFAULT_LANGUAGE, translate
 from bot.services import get_services
-from handlers.render import render_no_case, render_step
+from handlers.common import language_of
+from handlers.render import Reply, render_no_case, render_step
 from journey.model import Case
 
 logger = logging.getLogger(__name__)
@@ -31,6 +34,10 @@ async def handle_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> No
             type(error).__name__,
             exc_info=error,
         )
+        return
+
+    if isinstance(error, (RedisConnectionError, RedisTimeoutError)):
+        await _reply_redis_unavailable(update, context, error)
         return
 
     case = await _find_case(update, context)
@@ -69,6 +76,33 @@ async def handle_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> No
             reference,
             type(send_error).__name__,
         )
+
+
+async def _reply_redis_unavailable(
+    update: Update, context: ContextTypes.DEFAULT_TYPE, error: RedisError
+) -> None:
+    # Without Redis neither the case nor its step can be read, so the client
+    # gets only a short "try again in a moment"; the step is still in Redis and
+    # the next tap after the outage goes on from there.
+    logger.warning(
+        "redis unreachable during update update_id=%s error=%s",
+        update.update_id,
+        type(error).__name__,
+    )
+    if update.callback_query is not None:
+        try:
+            await update.callback_query.answer()
+        except TelegramError:
+            pass  # answered already, or too old to answer
+    chat = update.effective_chat
+    if chat is None or chat.type != chat.PRIVATE:
+        return
+    try:
+        await Reply(translate("error.try_again_soon", language_of(update))).send(
+            context.bot, chat.id
+        )
+    except TelegramError as send_error:
+        logger.warning("error reply not sent error=%s", type(send_error).__name__)
 
 
 async def _find_case(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Case | None:

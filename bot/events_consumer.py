@@ -20,6 +20,7 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter
 
 from bot.i18n import translate
 from bot.services import BotServices
+from bot.support.desk import SUPPORT_ACTIVE
 from handlers.render import Reply, render_progress, render_step
 from journey.events import EventType, ServiceEvent
 from journey.model import Case
@@ -79,7 +80,15 @@ class EventConsumer:
     async def run(self) -> None:
         """Read and handle events until ``stop`` is called."""
         events = self._services.events
-        await events.ensure_group()
+        while not self._stopping.is_set():
+            try:
+                await events.ensure_group()
+                break
+            except RedisError as error:
+                logger.warning(
+                    "event group not created, retrying error=%s", type(error).__name__
+                )
+                await self._pause(ERROR_BACKOFF_SECONDS)
         logger.info("event consumer started consumer=%s", self._consumer)
         while not self._stopping.is_set():
             try:
@@ -121,8 +130,18 @@ class EventConsumer:
             # back forever; it is logged and dropped instead.
             logger.exception("event failed for good event=%s", event.type)
             done = True
-        if done:
+        if not done:
+            return
+        try:
             await self._services.events.ack(event)
+        except RedisError as error:
+            # The event stays pending and is handed out again after
+            # CLAIM_IDLE_MS, so the client may see its message twice.
+            logger.warning(
+                "event not acknowledged event=%s error=%s",
+                event.type,
+                type(error).__name__,
+            )
 
     async def _render(self, event: ServiceEvent) -> bool:
         case = await self._services.store.find(event.case_id)
@@ -133,6 +152,13 @@ class EventConsumer:
                 "event for a case without chat acknowledged case=%s event=%s",
                 reference,
                 event.type,
+            )
+            return True
+        if case.support_state == SUPPORT_ACTIVE and not case.tombstone:
+            # An agent has the chat, so the bot stays silent; hand back sends
+            # the current step, which shows what these events changed.
+            logger.info(
+                "event held for support case=%s event=%s", case.ref, event.type
             )
             return True
 

@@ -3,19 +3,29 @@
 A msgid is a symbolic key such as ``info.body``; its msgstr is the text the
 client reads, with ``{placeholder}`` fields in ``str.format`` syntax. A
 catalog is read from ``locales/<language>/LC_MESSAGES/messages.mo`` when that
-file exists, and otherwise compiled in memory from ``messages.po`` with
-Babel, so a fresh clone runs without a build step.
+file exists and is not older than ``messages.po``, and otherwise compiled in
+memory from ``messages.po`` with Babel, so a fresh clone runs without a build
+step.
+
+``python -m bot.i18n compile`` writes the ``.mo`` files (the Docker build runs
+it); ``python -m bot.i18n check`` exits 1 when a catalog lacks a key of the
+Dutch one or has other placeholders.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import gettext
 import io
 import logging
 import os
+import re
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from babel.messages.catalog import Catalog
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 
@@ -59,19 +69,101 @@ def catalog(language: str) -> gettext.GNUTranslations:
     Raises:
         FileNotFoundError: the language has neither a .mo nor a .po file.
     """
-    folder = LOCALES_DIR / language / "LC_MESSAGES"
-    compiled = folder / f"{DOMAIN}.mo"
-    if compiled.is_file():
+    compiled = mo_path(language)
+    source = po_path(language)
+    # A .mo older than its .po is stale, e.g. after editing a text in a checkout.
+    if compiled.is_file() and (
+        not source.is_file() or compiled.stat().st_mtime >= source.stat().st_mtime
+    ):
         with compiled.open("rb") as handle:
             return gettext.GNUTranslations(handle)
 
-    with (folder / f"{DOMAIN}.po").open("rb") as handle:
-        messages = read_po(handle, locale=language)
+    messages = read_catalog(language)
     buffer = io.BytesIO()
     write_mo(buffer, messages)
     buffer.seek(0)
     logger.debug("catalog compiled in memory language=%s", language)
     return gettext.GNUTranslations(buffer)
+
+
+def po_path(language: str) -> Path:
+    """Return the path of the ``.po`` source of ``language``."""
+    return LOCALES_DIR / language / "LC_MESSAGES" / f"{DOMAIN}.po"
+
+
+def mo_path(language: str) -> Path:
+    """Return the path of the compiled ``.mo`` file of ``language``."""
+    return LOCALES_DIR / language / "LC_MESSAGES" / f"{DOMAIN}.mo"
+
+
+def read_catalog(language: str) -> Catalog:
+    """Parse the ``.po`` source of ``language`` with Babel.
+
+    Raises:
+        FileNotFoundError: the language has no ``.po`` file.
+    """
+    with po_path(language).open("rb") as handle:
+        return read_po(handle, locale=language)
+
+
+def catalog_texts(language: str) -> dict[str, str]:
+    """Return every key of the ``.po`` source of ``language`` with its text."""
+    return {
+        str(message.id): str(message.string)
+        for message in read_catalog(language)
+        if message.id
+    }
+
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def placeholders(text: str) -> set[str]:
+    """Return the names of the ``{placeholder}`` fields in a catalog text."""
+    return set(_PLACEHOLDER.findall(text))
+
+
+def catalog_problems() -> list[str]:
+    """Compare every catalog with the Dutch one; return one line per difference.
+
+    A difference is a missing or extra key, an empty text or other placeholders.
+    """
+    reference = catalog_texts(DEFAULT_LANGUAGE)
+    problems = [
+        f"{DEFAULT_LANGUAGE}: key {key!r} has an empty text"
+        for key, text in reference.items()
+        if not text
+    ]
+    for language in SUPPORTED_LANGUAGES:
+        if language == DEFAULT_LANGUAGE:
+            continue
+        texts = catalog_texts(language)
+        for key in sorted(reference.keys() - texts.keys()):
+            problems.append(f"{language}: key {key!r} is missing")
+        for key in sorted(texts.keys() - reference.keys()):
+            problems.append(f"{language}: key {key!r} is not in the Dutch catalog")
+        for key in sorted(reference.keys() & texts.keys()):
+            if not texts[key]:
+                problems.append(f"{language}: key {key!r} has an empty text")
+            elif placeholders(texts[key]) != placeholders(reference[key]):
+                problems.append(
+                    f"{language}: key {key!r} has placeholders "
+                    f"{sorted(placeholders(texts[key]))}, Dutch has "
+                    f"{sorted(placeholders(reference[key]))}"
+                )
+    return problems
+
+
+def compile_catalogs() -> list[Path]:
+    """Write the ``.mo`` file of every supported language; return their paths."""
+    written = []
+    for language in SUPPORTED_LANGUAGES:
+        target = mo_path(language)
+        with target.open("wb") as handle:
+            write_mo(handle, read_catalog(language))
+        written.append(target)
+    catalog.cache_clear()
+    return written
 
 
 def has_key(key: str, language: str = DEFAULT_LANGUAGE) -> bool:
@@ -121,3 +213,30 @@ def _lookup(key: str, language: str) -> str | None:
     # equals its symbolic key, so that equality means "missing".
     text = catalog(language).gettext(key)
     return None if text == key else text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``compile`` or ``check`` on the catalogs; return the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bot.i18n", description="Compile or check the catalogs."
+    )
+    parser.add_argument(
+        "command",
+        choices=("compile", "check"),
+        help="compile: write the .mo files; check: compare with the Dutch catalog",
+    )
+    arguments = parser.parse_args(argv)
+
+    problems = catalog_problems()
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
+    if arguments.command == "compile":
+        for path in compile_catalogs():
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

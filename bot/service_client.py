@@ -56,6 +56,8 @@ class Pairing:
     app_link: str
     confirmation_code: str
     expires_at: str
+    typed_code: str | None = None
+    """The fallback code ``XXXX-XXXX`` to type in the app, when the service has one."""
 
 
 class ServiceClient:
@@ -112,6 +114,7 @@ class ServiceClient:
                 app_link=str(body["app_link"]),
                 confirmation_code=str(body["confirmation_code"]),
                 expires_at=str(body["expires_at"]),
+                typed_code=_optional_text(body.get("typed_code")),
             )
         except KeyError as error:
             raise ServiceError(
@@ -195,3 +198,7 @@ def _path_template(path: str) -> str:
     if len(parts) > 3 and parts[1] == "v1" and parts[2] == "cases":
         parts[3] = "{case_id}"
     return "/".join(parts)
+
+
+def _optional_text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -1,10 +1,10 @@
 """The callback data of inline buttons: ``<scope>:<tag>:<action>``.
 
 ``scope`` is the step the button belongs to (a ``Step`` value) or a scope
-that is valid in any step (``stop``, ``municipality``). ``tag`` is a short tag
-of the case the button was made for, so a button from a previous case is
-recognised after the client started again. ``action`` names what the button
-does. Example: ``check_sms:1A2B:no``, 16 bytes.
+that is valid in any step (``stop``, ``municipality``, ``language``). ``tag``
+is a short tag of the case the button was made for, so a button from a
+previous case is recognised after the client started again. ``action`` names
+what the button does. Example: ``check_sms:1A2B:no``, 16 bytes.
 
 The whole string stays within Telegram's 64-byte limit; ``encode`` checks it.
 """
@@ -33,6 +33,12 @@ SCOPE_MUNICIPALITY = "municipality"
 """Scope of the "is this your municipality?" buttons, shown before a case
 exists; their tag is the municipality's CBS code."""
 
+SCOPE_LANGUAGE = "language"
+"""Scope of the /taal buttons, which hold in every step and without a case."""
+
+SCOPE_HELP = "help"
+"""Scope of the "Ik heb hulp nodig" button, which holds in every step."""
+
 _PART = re.compile(r"[A-Za-z0-9_]{1,32}")
 
 
@@ -51,6 +57,12 @@ class Action(enum.StrEnum):
     REFUSE = "refuse"
     """Confirmed "no" to consent: do not send, delete the package."""
     BACK = "back"
+    LANGUAGE_NL = "nl"
+    """Switch the conversation to Dutch (/taal)."""
+    LANGUAGE_EN = "en"
+    """Switch the conversation to English (/taal)."""
+    HELP = "help"
+    """Ask for a person's help, as /hulp does."""
 
 
 @dataclass(frozen=True, slots=True)

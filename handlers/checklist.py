@@ -16,6 +16,7 @@ from telegram import Update
 from telegram.ext import BaseHandler, CallbackQueryHandler
 
 from bot.i18n import translate
+from bot.reminders import scheduler_of
 from bot.services import get_services
 from handlers.callback_data import Action, scope_pattern
 from handlers.common import (
@@ -69,11 +70,12 @@ async def _show_help(update: Update, context: Context, case: Case) -> None:
 
 
 async def _remind_later(update: Update, context: Context, case: Case) -> None:
-    # TODO: no reminder scheduler exists yet. The "later" answer is recorded in
-    # case.checklist so that the scheduler can find it once it is built.
     recorded = await _record_answer(update, context, case, ANSWER_LATER)
     if recorded is None:
         return
+    scheduler = scheduler_of(context.bot_data)
+    if scheduler is not None:
+        await scheduler.schedule_later(case.case_id, await scheduler.now())
     logger.info("reminder requested case=%s step=%s", case.ref, case.step)
     await remove_keyboard(update)
     await send_step(

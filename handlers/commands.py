@@ -17,14 +17,15 @@ from handlers.common import (
     Context,
     find_case,
     guard_button,
-    language_of,
     remove_keyboard,
+    reply_language,
     send,
     send_notice_and_step,
     send_old_button,
     send_step,
 )
 from handlers.render import Reply, render_no_case, render_status, stop_markup
+from handlers.support import request_help
 from journey.steps import Step
 
 logger = logging.getLogger(__name__)
@@ -37,19 +38,16 @@ PRIVATE_MESSAGE = filters.ChatType.PRIVATE & filters.UpdateType.MESSAGE
 
 
 async def handle_help(update: Update, context: Context) -> None:
-    """Send the contact details of the helpdesk."""
-    # TODO: offer a live agent here once the support relay exists.
-    case = await find_case(update, context)
-    await send(
-        update, context, Reply(translate("help.body", language_of(update, case)))
-    )
+    """Hand the conversation to an agent, or send the helpdesk's contact details."""
+    await request_help(update, context)
 
 
 async def handle_status(update: Update, context: Context) -> None:
     """Tell where the client is and what comes next, then show the step."""
     case = await find_case(update, context)
     if case is None:
-        await send(update, context, render_no_case(language_of(update)))
+        language = await reply_language(update, context)
+        await send(update, context, render_no_case(language))
         return
     await send(update, context, render_status(case, get_services(context)))
 

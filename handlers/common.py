@@ -14,10 +14,16 @@ from telegram import CallbackQuery, Update
 from telegram.error import BadRequest
 from telegram.ext import ContextTypes
 
-from bot.i18n import DEFAULT_LANGUAGE, normalize_language, translate
+from bot.i18n import (
+    DEFAULT_LANGUAGE,
+    SUPPORTED_LANGUAGES,
+    normalize_language,
+    translate,
+)
 from bot.services import get_services
 from handlers.callback_data import ButtonData, case_tag, decode
 from handlers.render import Reply, render_no_case, render_step
+from journey import keys
 from journey.model import Case
 from journey.steps import Event, TransitionRejected
 from journey.store import CaseNotFound
@@ -41,6 +47,39 @@ def language_of(update: Update, case: Case | None = None) -> str:
     if user is not None and user.language_code:
         return normalize_language(user.language_code)
     return DEFAULT_LANGUAGE
+
+
+async def reply_language(
+    update: Update, context: Context, case: Case | None = None
+) -> str:
+    """Return the reply language: the case's, the chat's /taal choice, the app's.
+
+    Use this where the chat may have no case. With a case at hand
+    ``language_of`` returns the same language without a Redis read.
+    """
+    if case is not None:
+        return case.language
+    chat_id = chat_id_of(update)
+    if chat_id is not None:
+        chosen = await get_services(context).store.redis.get(
+            keys.chat_language(chat_id)
+        )
+        if chosen in SUPPORTED_LANGUAGES:
+            return str(chosen)
+    return language_of(update)
+
+
+async def set_chat_language(context: Context, chat_id: int, language: str) -> None:
+    """Store the language a chat without a case chose with /taal."""
+    await get_services(context).store.redis.set(
+        keys.chat_language(chat_id), language, ex=keys.CHAT_LANGUAGE_TTL_SECONDS
+    )
+
+
+async def take_chat_language(context: Context, chat_id: int) -> str | None:
+    """Return and delete the chat's /taal choice, for a case that starts now."""
+    chosen = await get_services(context).store.redis.getdel(keys.chat_language(chat_id))
+    return str(chosen) if chosen in SUPPORTED_LANGUAGES else None
 
 
 async def find_case(update: Update, context: Context) -> Case | None:
@@ -76,7 +115,7 @@ async def send_notice_and_step(
     """
     if case is None:
         case = await find_case(update, context)
-    language = language_of(update, case)
+    language = await reply_language(update, context, case)
     notice = translate(notice_key, language)
     if case is None:
         await send(update, context, render_no_case(language, notice=notice))
@@ -101,7 +140,8 @@ async def guard_button(
     case = await find_case(update, context)
     data = decode(query.data)
     if case is None:
-        await send(update, context, render_no_case(language_of(update)))
+        language = await reply_language(update, context)
+        await send(update, context, render_no_case(language))
         return None
 
     if data is None or data.tag != case_tag(case):

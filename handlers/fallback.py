@@ -9,6 +9,7 @@ municipality. In a group the bot says it only works in a private chat.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from telegram import (
@@ -115,8 +116,7 @@ async def handle_unknown_button(update: Update, context: Context) -> None:
 
 async def handle_group_message(update: Update, context: Context) -> None:
     """Tell a group that the bot only works in a private chat."""
-    # NOTE: the support group of the helpdesk will need an exception here once
-    # the support relay exists.
+    # The helpdesk's support group is exempt through build_group_handlers.
     await send(update, context, _private_chat_reply(update, context))
 
 
@@ -150,14 +150,32 @@ def _private_chat_reply(update: Update, context: Context) -> Reply:
     return Reply(translate("fallback.group", language), markup)
 
 
-def build_group_handlers() -> list[BaseHandler[Update, Context, Any]]:
-    """Return the handlers for groups; they must run before every other handler."""
+def build_group_handlers(
+    exempt_chat_ids: Collection[int] = (),
+) -> list[BaseHandler[Update, Context, Any]]:
+    """Return the handlers for groups; they must run before every other handler.
+
+    Args:
+        exempt_chat_ids: groups that get no "private chat only" reply, such as
+            the helpdesk's support group, whose messages other handlers take.
+    """
+    exempt = frozenset(exempt_chat_ids)
+    groups = NOT_PRIVATE
+    if exempt:
+        groups = groups & ~filters.Chat(chat_id=sorted(exempt))
+
+    async def handle_added(update: Update, context: Context) -> None:
+        chat = update.effective_chat
+        if chat is not None and chat.id in exempt:
+            return
+        await handle_added_to_group(update, context)
+
     return [
         MessageHandler(
-            NOT_PRIVATE & filters.UpdateType.MESSAGE & ~filters.StatusUpdate.ALL,
+            groups & filters.UpdateType.MESSAGE & ~filters.StatusUpdate.ALL,
             handle_group_message,
         ),
-        ChatMemberHandler(handle_added_to_group, ChatMemberHandler.MY_CHAT_MEMBER),
+        ChatMemberHandler(handle_added, ChatMemberHandler.MY_CHAT_MEMBER),
     ]
 
 

@@ -32,6 +32,7 @@ from handlers.common import (
     send_notice_and_step,
     send_old_button,
 )
+from handlers.support import help_button, offer_help
 from journey.keys import PAIRING_TTL_SECONDS
 from journey.model import Case
 from journey.steps import Step
@@ -85,6 +86,11 @@ async def issue_pairing(update: Update, context: Context, case: Case) -> None:
         code=pairing.confirmation_code,
         minutes=_minutes_left(pairing),
     )
+    if pairing.typed_code is not None:
+        typed = translate(
+            "qr.caption_typed", case.language, typed_code=pairing.typed_code
+        )
+        caption = f"{caption}\n\n{typed}"
     markup = InlineKeyboardMarkup(
         [
             [
@@ -100,6 +106,9 @@ async def issue_pairing(update: Update, context: Context, case: Case) -> None:
             ],
         ]
     )
+    if services.settings.support_group_id is not None:
+        rows = [*markup.inline_keyboard, [help_button(qr_case)]]
+        markup = InlineKeyboardMarkup(rows)
     await context.bot.send_photo(
         chat_id,
         photo=render_qr_png(pairing.app_link),
@@ -107,6 +116,9 @@ async def issue_pairing(update: Update, context: Context, case: Case) -> None:
         reply_markup=markup,
     )
     logger.info("pairing sent case=%s", case.ref)
+    if case.step is Step.QR:
+        # A renewal: the earlier code expired or got lost.
+        await offer_help(update, context, case)
 
 
 async def handle_qr_button(update: Update, context: Context) -> None:

@@ -18,7 +18,7 @@ from telegram.constants import MessageLimit
 
 from bot.i18n import translate
 from bot.services import BotServices
-from handlers.callback_data import SCOPE_STOP, Action, encode_for
+from handlers.callback_data import SCOPE_HELP, SCOPE_STOP, Action, encode_for
 from journey.model import Case
 from journey.sources import PERSONS, SOURCES
 from journey.steps import CHECKLIST_STEPS, PARTNER_CHECKLIST_STEPS, Step
@@ -90,7 +90,19 @@ def render_step(
     text, markup = _step_content(case, services)
     if notice:
         text = notice + PARAGRAPH + text
+    if services.settings.support_group_id is not None and case.step in STATUS_GROUPS:
+        markup = _with_help_button(case, markup)
     return Reply(text, markup)
+
+
+def _with_help_button(
+    case: Case, markup: InlineKeyboardMarkup | None
+) -> InlineKeyboardMarkup:
+    # Only with a support group: without one, /hulp in the menu already gives
+    # the contact details, and the button would promise a person.
+    help_row = [_button(case, "button.need_help", Action.HELP, SCOPE_HELP)]
+    rows = list(markup.inline_keyboard) if markup is not None else []
+    return InlineKeyboardMarkup([*rows, help_row])
 
 
 def render_status(case: Case, services: BotServices) -> Reply:

@@ -29,11 +29,12 @@ from handlers.common import (
     answer_query,
     chat_id_of,
     find_case,
-    language_of,
     remove_keyboard,
+    reply_language,
     send,
     send_old_button,
     send_step,
+    take_chat_language,
 )
 from handlers.render import Reply, render_no_case
 from journey import keys
@@ -70,15 +71,17 @@ async def handle_start(update: Update, context: Context) -> None:
 
     if token is None:
         if open_case is None:
-            await send(update, context, render_no_case(language_of(update)))
+            language = await reply_language(update, context)
+            await send(update, context, render_no_case(language))
         else:
             await _send_already_open(update, context, open_case)
         return
 
     store = get_services(context).store
+    language = await reply_language(update, context, open_case)
     if await _invalid_invitations(store.redis, chat_id) >= MAX_INVALID_INVITATIONS:
         logger.warning("invitation attempts rate limited")
-        text = translate("start.rate_limited", language_of(update, open_case))
+        text = translate("start.rate_limited", language)
         await send(update, context, Reply(text))
         return
     try:
@@ -86,7 +89,7 @@ async def handle_start(update: Update, context: Context) -> None:
     except InvitationInvalid as error:
         logger.info("invitation rejected reason=%s", error.reason)
         await _count_invalid_invitation(store.redis, chat_id)
-        notice = translate(_REASON_KEYS[error.reason], language_of(update, open_case))
+        notice = translate(_REASON_KEYS[error.reason], language)
         if open_case is None:
             await send(update, context, Reply(notice))
         else:
@@ -112,7 +115,7 @@ async def handle_municipality_name(update: Update, context: Context) -> None:
     message = update.effective_message
     if message is None or not message.text:
         return
-    language = language_of(update)
+    language = await reply_language(update, context)
     registry = get_services(context).registry
     candidates = match_municipalities(context, message.text)
 
@@ -175,7 +178,7 @@ async def handle_municipality_button(update: Update, context: Context) -> None:
         await send_old_button(update, context, open_case)
         return
     await remove_keyboard(update)
-    language = language_of(update)
+    language = await reply_language(update, context)
 
     services = get_services(context)
     if data.action is not Action.YES:
@@ -191,6 +194,7 @@ async def handle_municipality_button(update: Update, context: Context) -> None:
 
     # NOTE: two taps processed at the same moment can both get here and create
     # two cases. The chat then follows the second one, and the first expires.
+    language = await take_chat_language(context, chat_id) or language
     case, _token = await services.store.create(
         municipality.code, language=language, step=Step.INFO, chat_id=chat_id
     )
@@ -235,6 +239,10 @@ async def _link(update: Update, context: Context, case: Case, chat_id: int) -> N
             )
         return
     logger.info("chat linked case=%s", linked.ref)
+    # A language chosen with /taal before the link wins over the website's.
+    chosen = await take_chat_language(context, chat_id)
+    if chosen is not None and chosen != linked.language:
+        linked = await store.update(linked.case_id, {"language": chosen})
     await send_step(update, context, linked)
 
 

@@ -65,6 +65,16 @@ def chat(chat_id: int) -> str:
     return f"{PREFIX}:chat:{{{chat_id}}}"
 
 
+CHAT_LANGUAGE_TTL_SECONDS = INVITATION_TTL_SECONDS
+"""A language chosen with /taal before a case exists waits as long as an
+invitation does; the first case of the chat takes it over and deletes the key."""
+
+
+def chat_language(chat_id: int) -> str:
+    """String with the language a chat without a case chose (``nl`` or ``en``)."""
+    return f"{PREFIX}:chat-language:{{{chat_id}}}"
+
+
 def pairing_page(page_id: str) -> str:
     """String with the case id behind a QR web page id."""
     return f"{PREFIX}:page:{{{page_id}}}"
@@ -107,6 +117,17 @@ def delivery_schedule() -> str:
     return f"{PREFIX}:delivery-schedule"
 
 
+ENDPOINT_DISABLED_TTL_SECONDS = 7 * 24 * 3600
+"""A webhook endpoint that returned ``410 Gone`` stays disabled for a week
+unless an operator re-enables it sooner. After that the next delivery tries it
+again, so a forgotten flag cannot block a municipality for good."""
+
+
+def endpoint_disabled(municipality_code: str) -> str:
+    """Hash that marks a municipality's webhook endpoint as disabled, and why."""
+    return f"{PREFIX}:endpoint-disabled:{{{municipality_code}}}"
+
+
 def claim_failures(case_id: str) -> str:
     """Counter of claims with a wrong code for the case, to slow brute force."""
     return f"{PREFIX}:{{{case_id}}}:claim-failures"
@@ -115,3 +136,76 @@ def claim_failures(case_id: str) -> str:
 def rate_limit(scope: str, subject: str) -> str:
     """Counter of requests in one rate-limit window (``subject`` is a hash)."""
     return f"{PREFIX}:rate:{scope}:{{{subject}}}"
+
+
+REMINDER_QUEUE_TTL_SECONDS = INVITATION_TTL_SECONDS + 24 * 3600
+"""The reminder queues expire a day after the longest case could still need
+them; every write renews the TTL, so they only lapse when no case is open."""
+
+REMINDER_STATE_TTL_SECONDS = INVITATION_TTL_SECONDS + 24 * 3600
+"""A case's reminder marks outlive the case by a day, so a mark is never gone
+while its case could still get that reminder again."""
+
+
+def reminders_due() -> str:
+    """Sorted set of ``<case_id>:<kind>`` members scored by their due Unix time."""
+    return f"{PREFIX}:{{reminders}}:due"
+
+
+def reminders_claimed() -> str:
+    """Sorted set of claimed reminders scored by the end of the claim's lease."""
+    return f"{PREFIX}:{{reminders}}:claimed"
+
+
+def reminder_state(case_id: str) -> str:
+    """Hash with a case's reminder marks and its paused and blocked flags."""
+    return f"{PREFIX}:{{{case_id}}}:reminders"
+
+
+def telegram_global_rate() -> str:
+    """String with the bot's next free send time (GCRA), shared by all processes."""
+    return f"{PREFIX}:{{telegram}}:rate"
+
+
+def telegram_pause() -> str:
+    """String that exists while Telegram's ``retry_after`` pauses every send."""
+    return f"{PREFIX}:{{telegram}}:pause"
+
+
+def telegram_chat_rate(chat_id: int) -> str:
+    """String with one chat's next free send time (GCRA)."""
+    return f"{PREFIX}:telegram-chat:{{{chat_id}}}"
+
+
+TYPED_CODE_INDEX_TTL_SECONDS = 40 * 60
+"""Default lifetime of a typed code's index entry: the code's 10 minutes plus
+the 30 minutes that a pairing is kept after expiry, so a late entry still
+finds the case and gets "code expired". The service passes its own sum when
+``PAIRING_TTL_SECONDS`` differs."""
+
+
+def typed_code(selector_digest: str) -> str:
+    """String with the case id behind a typed pairing code.
+
+    ``selector_digest`` is an HMAC of the code's first half, so the typed code
+    itself never appears in Redis.
+    """
+    return f"{PREFIX}:typed:{{{selector_digest}}}"
+
+
+SUPPORT_TIMEOUTS_TTL_SECONDS = 2 * 24 * 3600
+"""The set of pending help requests expires two days after its last write;
+every member is due within the takeover timeout, at most a day."""
+
+
+def support_topic(group_id: int, thread_id: int) -> str:
+    """String with the case id behind a topic of the support group.
+
+    Its TTL is the case's remaining lifetime, so it never outlives the case.
+    """
+    return f"{PREFIX}:support-topic:{{{group_id}:{thread_id}}}"
+
+
+def support_timeouts() -> str:
+    """Sorted set of case ids with a help request, scored by its takeover deadline."""
+    return f"{PREFIX}:{{support}}:timeouts"

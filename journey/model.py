@@ -48,6 +48,16 @@ class Case:
     delivery_id: str | None = None
     finished_at: float | None = None
     tombstone: bool = False
+    support_state: str | None = None
+    """``"requested"`` while a help request waits for an agent, ``"active"``
+    while an agent has the conversation, else None (see ``bot.support``)."""
+    support_topic_id: int | None = None
+    """``message_thread_id`` of the case's topic in the support group."""
+    support_requested_at: float | None = None
+    qr_renewals: int = 0
+    """Times the client asked for a new QR code; repeated renewals offer help."""
+    last_error: str | None = None
+    """Stable code of the last problem the client met, for the support summary."""
 
     @property
     def ref(self) -> str:
@@ -87,6 +97,15 @@ class Case:
             delivery_id=optional_str("delivery_id"),
             finished_at=float(raw["finished_at"]) if raw.get("finished_at") else None,
             tombstone=raw.get("tombstone") == "1",
+            support_state=optional_str("support_state"),
+            support_topic_id=optional_int("support_topic_id"),
+            support_requested_at=(
+                float(raw["support_requested_at"])
+                if raw.get("support_requested_at")
+                else None
+            ),
+            qr_renewals=int(raw.get("qr_renewals") or 0),
+            last_error=optional_str("last_error"),
         )
 
     def consented(self, role: Role) -> bool:

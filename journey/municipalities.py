@@ -16,13 +16,18 @@ The registry is a JSON file that operators maintain::
     }
 
 ``signing_secret`` may instead be given as ``signing_secret_env``, the name of
-an environment variable that holds it, so secrets stay out of the file. A
-municipality that does not take part needs only ``code``, ``name`` and
-``"participates": false``. Every error names the entry and the field.
+an environment variable that holds it, so secrets stay out of the file. During
+a rotation of the signing secret, ``previous_signing_secret`` (or
+``previous_signing_secret_env``) contains the secret being retired: every
+delivery is then signed with both, and the ``webhook-signature`` header carries
+two signatures. A municipality that does not take part needs only ``code``,
+``name`` and ``"participates": false``. Every error names the entry and the
+field.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -52,9 +57,19 @@ class Municipality:
     participates: bool
     webhook_url: str = ""
     signing_secret: str = ""
+    """The current Standard Webhooks secret (``whsec_...``)."""
+    previous_signing_secret: str = ""
+    """The secret being retired during a rotation, or empty outside one."""
     suite: SuiteName = SuiteName.X25519
     key_id: str = ""
     public_key_text: str = ""
+
+    @property
+    def signing_secrets(self) -> tuple[str, ...]:
+        """The secrets every delivery is signed with: current first, then previous."""
+        if self.previous_signing_secret:
+            return (self.signing_secret, self.previous_signing_secret)
+        return (self.signing_secret,)
 
     @property
     def public_key(self) -> PublicKey:
@@ -176,23 +191,17 @@ def _parse_entry(index: int, entry: Any, environ: Mapping[str, str]) -> Municipa
     if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
         raise RegistryError(f"{label}: field 'webhook_url' must be an http(s) URL")
 
-    secret = entry.get("signing_secret")
-    secret_variable = entry.get("signing_secret_env")
-    if secret is None and isinstance(secret_variable, str):
-        secret = environ.get(secret_variable)
-        if not secret:
-            raise RegistryError(
-                f"{label}: field 'signing_secret_env' names {secret_variable}, "
-                "which is not set"
-            )
-    if (
-        not isinstance(secret, str)
-        or not secret.startswith("whsec_")
-        or len(secret) < 30
-    ):
+    secret = _signing_secret(label, entry, "signing_secret", environ)
+    if secret is None:
         raise RegistryError(
-            f"{label}: field 'signing_secret' must be a Standard Webhooks "
-            "secret (whsec_...)"
+            f"{label}: field 'signing_secret' is missing; give it or "
+            "'signing_secret_env'"
+        )
+    previous_secret = _signing_secret(label, entry, "previous_signing_secret", environ)
+    if previous_secret == secret:
+        raise RegistryError(
+            f"{label}: field 'previous_signing_secret' equals 'signing_secret'; "
+            "remove it or give the retired secret"
         )
 
     key = entry.get("hpke")
@@ -226,7 +235,53 @@ def _parse_entry(index: int, entry: Any, environ: Mapping[str, str]) -> Municipa
         participates=True,
         webhook_url=str(webhook_url),
         signing_secret=secret,
+        previous_signing_secret=previous_secret or "",
         suite=suite,
         key_id=key_id,
         public_key_text=str(public_key),
     )
+
+
+MIN_SIGNING_SECRET_CHARS = 30
+"""``whsec_`` plus at least 24 base64 characters (18 random bytes, 144 bits), so
+a secret cannot be guessed."""
+
+
+def _signing_secret(
+    label: str, entry: dict[str, Any], field: str, environ: Mapping[str, str]
+) -> str | None:
+    # Read a secret given inline as ``field`` or by name as ``field_env``.
+    secret = entry.get(field)
+    variable_field = f"{field}_env"
+    variable = entry.get(variable_field)
+    if secret is None and variable is None:
+        return None
+    if secret is None:
+        if not isinstance(variable, str) or not variable:
+            raise RegistryError(
+                f"{label}: field '{variable_field}' must name an environment variable"
+            )
+        secret = environ.get(variable)
+        if not secret:
+            raise RegistryError(
+                f"{label}: field '{variable_field}' names {variable}, which is not set"
+            )
+    if (
+        not isinstance(secret, str)
+        or not secret.startswith("whsec_")
+        or len(secret) < MIN_SIGNING_SECRET_CHARS
+        or not _is_base64(secret.removeprefix("whsec_"))
+    ):
+        raise RegistryError(
+            f"{label}: field '{field}' must be a Standard Webhooks secret "
+            f"(whsec_ and base64, at least {MIN_SIGNING_SECRET_CHARS} characters)"
+        )
+    return secret
+
+
+def _is_base64(text: str) -> bool:
+    try:
+        base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except ValueError:
+        return False
+    return True

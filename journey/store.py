@@ -171,9 +171,12 @@ class CaseStore:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.case(case_id), mapping=encode_fields(values))
             pipe.expire(keys.case(case_id), lifetime)
-            if chat_id is not None:
-                pipe.set(keys.chat(chat_id), case_id, ex=lifetime)
             await pipe.execute()
+        if chat_id is not None:
+            # The chat index lives in the chat's hash slot, so it cannot share
+            # the case's MULTI on Redis Cluster. Written after the case, it
+            # never points at a case that does not exist yet.
+            await self._redis.set(keys.chat(chat_id), case_id, ex=lifetime)
         case = await self.get(case_id)
         logger.info("case created case=%s step=%s", case.ref, case.step)
         return case, token
@@ -364,6 +367,9 @@ class CaseStore:
                     keys.pairing(case.case_id),
                     keys.app_session(case.case_id),
                     keys.package(case.case_id),
+                    # A finished case gets no more reminders; its queued ones
+                    # are dropped when they fall due and find the tombstone.
+                    keys.reminder_state(case.case_id),
                 ],
                 args=[case.version, keys.TOMBSTONE_TTL_SECONDS, *pairs],
             )

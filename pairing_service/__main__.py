@@ -8,14 +8,13 @@ import sys
 
 from aiohttp import web
 
+from journey.logging_setup import configure_logging, parse_level
 from journey.municipalities import RegistryError
 from pairing_service.access_log import RouteAccessLogger
 from pairing_service.app import create_app
 from pairing_service.config import ConfigError, Settings
 
 logger = logging.getLogger(__name__)
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def main() -> None:
@@ -30,7 +29,7 @@ def main() -> None:
         print(f"configuration error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
-    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
+    configure_logging(parse_level(settings.log_level))
     try:
         app = create_app(settings)
     except RegistryError as error:

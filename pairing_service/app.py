@@ -15,7 +15,15 @@ from redis.asyncio import Redis
 from journey.clock import Clock, system_clock
 from journey.municipalities import MunicipalityRegistry
 from journey.package import MAX_PACKAGE_BYTES
-from pairing_service import app_api, health, internal_api, qr_page
+from journey.redis_client import connect
+from pairing_service import (
+    app_api,
+    health,
+    internal_api,
+    metrics,
+    page_stream,
+    qr_page,
+)
 from pairing_service.config import Settings
 from pairing_service.delivery import DeliveryWorker
 from pairing_service.errors import error_middleware
@@ -65,15 +73,16 @@ def create_app(
         registry = MunicipalityRegistry.load(settings.registry_path)
     owns_redis = redis is None
     if redis is None:
-        redis = Redis.from_url(
+        redis = connect(
             settings.redis_url,
-            decode_responses=True,
             socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
             socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
         )
 
     app = web.Application(
-        middlewares=[error_middleware],
+        # The metrics middleware is outermost, so it counts the status that
+        # the error middleware chose.
+        middlewares=[metrics.metrics_middleware, error_middleware],
         client_max_size=MAX_PACKAGE_BYTES + REQUEST_BODY_SLACK_BYTES,
     )
     app[SERVICES] = Services.build(settings, redis, registry, clock)
@@ -82,12 +91,15 @@ def create_app(
     internal_api.add_routes(app)
     app_api.add_routes(app)
     qr_page.add_routes(app)
+    page_stream.add_routes(app)
     health.add_routes(app)
+    metrics.add_routes(app)
     app.router.add_get("/openapi.json", openapi_document)
 
     # Cleanup runs in reverse: the worker stops before Redis closes.
     if owns_redis:
         app.cleanup_ctx.append(_close_redis_on_cleanup)
+    app.cleanup_ctx.append(page_stream.run_notifier)
     if start_worker:
         app.cleanup_ctx.append(_run_delivery_worker)
     return app

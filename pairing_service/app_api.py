@@ -1,7 +1,8 @@
 """The app-facing API under ``/app/v1``, for the Ockto app.
 
-The claim is authorised by the pairing code in its body; every later request
-carries the session token that the claim returned.
+The claim is authorised by the pairing code in its body: the QR code or the
+typed code. Every later request carries the session token that the claim
+returned.
 """
 
 from __future__ import annotations
@@ -10,19 +11,11 @@ from aiohttp import web
 
 from journey.sources import SOURCES
 from pairing_service.bodies import read_json_object, string_field
-from pairing_service.errors import ApiError
+from pairing_service.claims import claim_code
 from pairing_service.packages import receive_package
-from pairing_service.pairing import claim_pairing
 from pairing_service.progress import record_app_event
-from pairing_service.ratelimit import allow
 from pairing_service.services import services_of
 from pairing_service.sessions import require_app_session
-
-MAX_CLAIMS_PER_ADDRESS = 30
-"""Claims one network address may make per window. A household scans a few
-codes; thirty a minute stops guessing without hurting a shared network."""
-
-CLAIM_WINDOW_SECONDS = 60
 
 
 async def claim(request: web.Request) -> web.Response:
@@ -32,23 +25,9 @@ async def claim(request: web.Request) -> web.Response:
     # this limit then counts all clients together. Counting per client needs
     # a trusted X-Forwarded-For.
     address = request.remote or "unknown"
-    if not await allow(
-        services.redis,
-        "claim",
-        address,
-        limit=MAX_CLAIMS_PER_ADDRESS,
-        window_seconds=CLAIM_WINDOW_SECONDS,
-    ):
-        raise ApiError(
-            429,
-            "rate_limited",
-            "too many claims from this address; try again in a minute",
-            headers={"Retry-After": str(CLAIM_WINDOW_SECONDS)},
-        )
-
     document = await read_json_object(request)
     code = str(string_field(document, "code"))
-    claimed = await claim_pairing(services, code)
+    claimed = await claim_code(services, code, address)
 
     municipality = services.registry.get(claimed.municipality_code)
     body = {

@@ -9,6 +9,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from journey import keys
+from journey.redis_client import SCHEMES as REDIS_SCHEMES
+from journey.reminders import DEFAULT_WINDOW, SendWindow, WindowError
+from pairing_service.mail import MailSettings
 from pairing_service.retry import DEFAULT_RETRY_SCHEDULE
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -33,6 +36,18 @@ DEFAULT_DELIVERY_CONCURRENCY = 8
 MAX_RETRY_WINDOW_SECONDS = 3 * 24 * 3600
 """Upper bound of the sum of the retry schedule: the encrypted package is kept
 until the last retry, and it must not stay in Redis for days."""
+
+DEFAULT_CLAIMS_PER_ADDRESS = 30
+"""Claims one network address may make per minute. A household scans a few
+codes; thirty a minute stops guessing without hurting a shared network."""
+
+DEFAULT_TYPED_FAILURES_GLOBAL = 300
+"""Wrong typed codes from all addresses together per minute before typed claims
+pause for the rest of the minute. Real clients mistype a few codes an hour, so
+this only trips under a distributed guessing attack; QR claims go on working."""
+
+MIN_TYPED_CODE_SECRET_LENGTH = 32
+"""Same strength as the service token: 32 characters carry at least 128 bits."""
 
 _TELEGRAM_USERNAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{4,31}")
 """Telegram usernames are 5-32 characters: letters, digits and underscores."""
@@ -72,6 +87,16 @@ class Settings:
     delivery_timeout_seconds: float = DEFAULT_DELIVERY_TIMEOUT_SECONDS
     delivery_concurrency: int = DEFAULT_DELIVERY_CONCURRENCY
     log_level: str = "INFO"
+    typed_code_secret: str = ""
+    """HMAC key material of typed codes; empty derives it from the service token."""
+    claims_per_address: int = DEFAULT_CLAIMS_PER_ADDRESS
+    """Claims per minute from one network address."""
+    typed_failures_global: int = DEFAULT_TYPED_FAILURES_GLOBAL
+    """Wrong typed codes per minute from all addresses before typed claims pause."""
+    reminder_window: SendWindow = DEFAULT_WINDOW
+    """Local times of day between which reminders go out (``REMINDER_SEND_WINDOW``)."""
+    mail: MailSettings | None = None
+    """The SMTP server for invitation e-mail; None sends no e-mail."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -80,8 +105,11 @@ class Settings:
         Required: ``SERVICE_TOKEN``, ``PUBLIC_BASE_URL``, ``BOT_USERNAME`` and
         ``MUNICIPALITY_REGISTRY``. Optional: ``REDIS_URL``, ``HOST``, ``PORT``,
         ``PAIRING_TTL_SECONDS``, ``DELIVERY_RETRY_SCHEDULE`` (comma-separated
-        seconds), ``DELIVERY_TIMEOUT_SECONDS``, ``DELIVERY_CONCURRENCY`` and
-        ``LOG_LEVEL``.
+        seconds), ``DELIVERY_TIMEOUT_SECONDS``, ``DELIVERY_CONCURRENCY``,
+        ``LOG_LEVEL``, ``TYPED_CODE_SECRET``, ``CLAIMS_PER_ADDRESS`` (per
+        minute), ``TYPED_FAILURES_GLOBAL`` (per minute), ``REMINDER_SEND_WINDOW``
+        (``HH:MM-HH:MM``, Amsterdam time) and the ``SMTP_*`` variables of
+        ``pairing_service.mail.MailSettings``.
 
         Raises:
             ConfigError: a variable is missing or invalid; the error names it.
@@ -114,14 +142,24 @@ class Settings:
             )
 
         redis_url = environ.get("REDIS_URL", DEFAULT_REDIS_URL)
-        if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        if urlsplit(redis_url).scheme not in REDIS_SCHEMES:
             raise ConfigError(
-                "REDIS_URL", "must start with redis://, rediss:// or unix://"
+                "REDIS_URL",
+                "must start with redis://, rediss://, unix://, redis+cluster:// "
+                "or rediss+cluster://",
             )
 
         log_level = environ.get("LOG_LEVEL", "INFO").upper()
         if log_level not in _LOG_LEVELS:
             raise ConfigError("LOG_LEVEL", f"must be one of {', '.join(_LOG_LEVELS)}")
+
+        typed_secret = environ.get("TYPED_CODE_SECRET", "").strip()
+        if typed_secret and len(typed_secret) < MIN_TYPED_CODE_SECRET_LENGTH:
+            raise ConfigError(
+                "TYPED_CODE_SECRET",
+                f"must be at least {MIN_TYPED_CODE_SECRET_LENGTH} characters, "
+                f"got {len(typed_secret)}; generate one with 'openssl rand -base64 32'",
+            )
 
         return cls(
             service_token=token,
@@ -146,7 +184,38 @@ class Settings:
                 environ, "DELIVERY_CONCURRENCY", DEFAULT_DELIVERY_CONCURRENCY, 1, 100
             ),
             log_level=log_level,
+            typed_code_secret=typed_secret,
+            claims_per_address=_integer(
+                environ, "CLAIMS_PER_ADDRESS", DEFAULT_CLAIMS_PER_ADDRESS, 1, 1_000_000
+            ),
+            typed_failures_global=_integer(
+                environ,
+                "TYPED_FAILURES_GLOBAL",
+                DEFAULT_TYPED_FAILURES_GLOBAL,
+                1,
+                1_000_000,
+            ),
+            reminder_window=_window(environ, "REMINDER_SEND_WINDOW"),
+            mail=_mail(environ),
         )
+
+
+def _window(environ: Mapping[str, str], name: str) -> SendWindow:
+    text = environ.get(name, "").strip()
+    if not text:
+        return DEFAULT_WINDOW
+    try:
+        return SendWindow.parse(text)
+    except WindowError as error:
+        raise ConfigError(name, str(error)) from None
+
+
+def _mail(environ: Mapping[str, str]) -> MailSettings | None:
+    try:
+        return MailSettings.from_env(environ)
+    except ValueError as error:
+        variable, _, problem = str(error).partition(": ")
+        raise ConfigError(variable, problem) from None
 
 
 def _required(environ: Mapping[str, str], name: str) -> str:

@@ -50,8 +50,8 @@ _LEASE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {-1} end
 if status ~= 'pending' then return {-2} end
-local held_until = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
-if held_until > tonumber(ARGV[1]) then return {0, tostring(held_until)} end
+local held = redis.call('HGET', KEYS[1], 'lease_until')
+if held and tonumber(held) > tonumber(ARGV[1]) then return {0, held} end
 redis.call('HSET', KEYS[1], 'lease_owner', ARGV[2], 'lease_until', ARGV[3])
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 return {1, attempt}
@@ -66,6 +66,23 @@ for index = 2, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[index], ARGV[index + 1])
 end
 redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until')
+return 1
+"""
+
+
+# KEYS[1] delivery hash. ARGV[1] now, ARGV[2] record TTL.
+# Reopens a delivery that failed for good, for an operator's redelivery: the
+# attempt count starts again at zero, so the whole retry schedule applies.
+# Returns 1 when reopened, -1 when the record is gone and 0 when it is not failed.
+_REOPEN = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status ~= 'failed' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'pending', 'attempts', '0',
+  'next_at', ARGV[1], 'last_error', '')
+redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until')
+redis.call('HINCRBY', KEYS[1], 'redeliveries', 1)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1
 """
 
@@ -118,6 +135,7 @@ class DeliveryQueue:
         self._clock = clock
         self._lease = redis.register_script(_LEASE)
         self._release = redis.register_script(_RELEASE)
+        self._reopen = redis.register_script(_REOPEN)
 
     async def enqueue(self, delivery_id: str, case: Case) -> None:
         """Create the record of a delivery and announce it on the intake stream."""
@@ -246,7 +264,16 @@ class DeliveryQueue:
         if result[0] == 0:
             # Another worker owns the lease: move the delivery out of the due
             # range until that lease ends, unless that worker removed it.
-            await self.schedule(delivery_id, float(result[1]), only_existing=True)
+            held_until = str(result[1])
+            await self.schedule(delivery_id, float(held_until), only_existing=True)
+            # The owner may have released the lease and scheduled its retry
+            # just before the line above, which then pushed the retry back to
+            # the old lease end. Put it back at the time the owner chose.
+            lease_until, next_at, status = await self._redis.hmget(  # type: ignore[misc]
+                keys.delivery(delivery_id), ["lease_until", "next_at", "status"]
+            )
+            if lease_until != held_until and status == PENDING and next_at:
+                await self.schedule(delivery_id, float(next_at), only_existing=True)
             return None
         if result[0] < 0:
             await self.unschedule(delivery_id)
@@ -282,3 +309,62 @@ class DeliveryQueue:
             pipe.ltrim(keys.dead_letters(), 0, DEAD_LETTER_MAX_LENGTH - 1)
             pipe.expire(keys.dead_letters(), keys.DEAD_LETTER_TTL_SECONDS)
             await pipe.execute()
+
+    async def dead_letters(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        """Return up to ``limit`` dead letters, newest first."""
+        entries = await self._redis.lrange(keys.dead_letters(), 0, limit - 1)  # type: ignore[misc]
+        return [json.loads(entry) for entry in entries]
+
+    async def remove_dead_letter(self, delivery_id: str) -> int:
+        """Remove the dead letters of one delivery; return how many were removed."""
+        removed = 0
+        entries = await self._redis.lrange(keys.dead_letters(), 0, -1)  # type: ignore[misc]
+        for entry in entries:
+            if json.loads(entry).get("delivery_id") == delivery_id:
+                removed += await self._redis.lrem(keys.dead_letters(), 0, entry)  # type: ignore[misc]
+        return removed
+
+    async def record(self, delivery_id: str) -> DeliveryRecord | None:
+        """Return the record of a delivery, or None when there is none."""
+        raw: dict[str, str] = await self._redis.hgetall(keys.delivery(delivery_id))  # type: ignore[misc]
+        if not raw:
+            return None
+        return DeliveryRecord.from_hash(delivery_id, raw)
+
+    async def reopen(self, delivery_id: str) -> bool:
+        """Make a failed delivery pending again with a fresh attempt count.
+
+        Returns False when the record is gone or did not fail. The caller
+        schedules the first attempt.
+        """
+        result = await self._reopen(
+            keys=[keys.delivery(delivery_id)],
+            args=[self._clock(), keys.DELIVERY_RECORD_TTL_SECONDS],
+        )
+        return bool(result == 1)
+
+    async def disable_endpoint(
+        self, municipality_code: str, *, reason: str, delivery_id: str
+    ) -> None:
+        """Mark a municipality's endpoint as disabled until an operator enables it."""
+        key = keys.endpoint_disabled(municipality_code)
+        values = {
+            "reason": reason,
+            "delivery_id": delivery_id,
+            "disabled_at": self._clock(),
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=encode_fields(values))
+            pipe.expire(key, keys.ENDPOINT_DISABLED_TTL_SECONDS)
+            await pipe.execute()
+
+    async def endpoint_disabled(self, municipality_code: str) -> dict[str, str] | None:
+        """Return why a municipality's endpoint is disabled, or None when it is not."""
+        raw: dict[str, str] = await self._redis.hgetall(  # type: ignore[misc]
+            keys.endpoint_disabled(municipality_code)
+        )
+        return raw or None
+
+    async def enable_endpoint(self, municipality_code: str) -> bool:
+        """Enable a disabled endpoint again; return False when it was not disabled."""
+        return bool(await self._redis.delete(keys.endpoint_disabled(municipality_code)))

@@ -5,7 +5,11 @@ every attempt, so the receiver can drop repeats). A 2xx response delivers the
 package: the case becomes a tombstone and the package is deleted. Any other
 response, a network error or a timeout schedules a retry after a jittered delay
 from the retry schedule; ``410 Gone`` and an exhausted schedule fail the
-delivery for good, which lists it as a dead letter and tells the bot.
+delivery for good, which lists it as a dead letter, tells the bot (the client
+is told) and logs an ERROR line for support. ``410 Gone`` also disables the
+municipality's endpoint: later deliveries to it fail at once, without a
+request, until an operator enables it again (``python -m pairing_service.admin
+enable-endpoint``) or the flag expires.
 
 The worker keeps no delivery state in memory: the schedule and the leases are
 in Redis (see ``pairing_service.deliveries``), so a restart loses nothing and
@@ -20,6 +24,8 @@ import logging
 import os
 import secrets
 import socket
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -31,6 +37,7 @@ from journey.events import EventType
 from journey.model import Case
 from journey.municipalities import Municipality
 from journey.steps import Event, Step, TransitionRejected
+from pairing_service import metrics
 from pairing_service.deliveries import (
     ABANDONED,
     DELIVERED,
@@ -69,6 +76,25 @@ cut off after it keeps its lease and is retried by another worker."""
 
 USER_AGENT = "gezondverzekerd-delivery/1"
 
+GONE_STATUS = 410
+"""Standard Webhooks: a receiver answers ``410 Gone`` to ask the sender to stop
+sending to this endpoint."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailedDelivery:
+    """A delivery that failed for good, as reported to support: ids and counts only."""
+
+    delivery_id: str
+    case_ref: str
+    municipality_code: str
+    attempts: int
+    reason: str
+
+
+SupportNotifier = Callable[[FailedDelivery], Awaitable[None]]
+"""Called once per delivery that failed for good, after the dead letter is listed."""
+
 
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
@@ -98,6 +124,8 @@ class DeliveryWorker:
         concurrency: attempts kept in flight at once.
         jitter: draws the delay below a schedule entry (full jitter by default).
         lease_seconds: how long one attempt may hold a delivery.
+        notify_support: called for every delivery that failed for good, in
+            addition to the ERROR log line and the dead-letter list.
     """
 
     def __init__(
@@ -109,6 +137,7 @@ class DeliveryWorker:
         concurrency: int = 8,
         jitter: Jitter = full_jitter,
         lease_seconds: float = LEASE_SECONDS,
+        notify_support: SupportNotifier | None = None,
     ) -> None:
         self._services = services
         self._queue = DeliveryQueue(services.redis, clock=services.clock)
@@ -117,6 +146,10 @@ class DeliveryWorker:
         self._concurrency = concurrency
         self._jitter = jitter
         self._lease_seconds = lease_seconds
+        # NOTE: no support group exists yet, so by default support learns of a
+        # failure only from the ERROR log line and the dead-letter list.
+        self._notify_support = notify_support
+        self._requests_sent = 0
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._wake = asyncio.Event()
         self._active: dict[str, asyncio.Task[None]] = {}
@@ -128,6 +161,11 @@ class DeliveryWorker:
     def consumer(self) -> str:
         """This worker's name in the consumer group and in leases."""
         return self._consumer
+
+    @property
+    def requests_sent(self) -> int:
+        """Webhook requests this worker has sent since it was created."""
+        return self._requests_sent
 
     async def start(self) -> None:
         """Start reading the intake stream and sending due deliveries."""
@@ -273,6 +311,9 @@ class DeliveryWorker:
         if municipality is None or not municipality.participates:
             await self._fail(record, case, "municipality_unavailable")
             return
+        if await self._queue.endpoint_disabled(municipality.code) is not None:
+            await self._fail(record, case, "endpoint_disabled")
+            return
         package = await load_package(services, case.case_id)
         if package is None:
             await self._fail(record, case, "package_missing")
@@ -283,8 +324,17 @@ class DeliveryWorker:
         if result.succeeded:
             await self._close_delivered(record, case, finished_here=True)
             return
-        if result.status == 410:
-            # 410 Gone: Standard Webhooks senders disable the endpoint.
+        if result.status == GONE_STATUS:
+            await self._queue.disable_endpoint(
+                municipality.code,
+                reason="endpoint_gone",
+                delivery_id=record.delivery_id,
+            )
+            logger.error(
+                "webhook endpoint disabled after 410 municipality=%s case=%s",
+                municipality.code,
+                record.case_ref,
+            )
             await self._fail(record, case, "endpoint_gone")
             return
 
@@ -302,6 +352,7 @@ class DeliveryWorker:
             record, self._consumer, next_at=next_at, last_error=result.error
         ):
             await self._queue.schedule(record.delivery_id, next_at)
+        metrics.record_retry()
         logger.warning(
             "delivery attempt failed case=%s attempt=%s error=%s retry_in=%.1f",
             record.case_ref,
@@ -315,11 +366,13 @@ class DeliveryWorker:
     ) -> AttemptResult:
         assert self._http is not None, "the worker is not started"
         headers = signed_headers(
-            municipality.signing_secret,
+            municipality.signing_secrets,
             record.delivery_id,
             body,
             now=self._services.clock(),
         )
+        self._requests_sent += 1
+        started = time.perf_counter()
         try:
             async with self._http.post(
                 municipality.webhook_url,
@@ -335,6 +388,8 @@ class DeliveryWorker:
             return AttemptResult(None, None, "timeout")
         except aiohttp.ClientError as error:
             return AttemptResult(None, None, type(error).__name__)
+        finally:
+            metrics.DELIVERY_ATTEMPT_DURATION.observe(time.perf_counter() - started)
         return AttemptResult(status, retry_after, f"http_{status}")
 
     async def _close_delivered(
@@ -351,6 +406,8 @@ class DeliveryWorker:
                 # Another worker, whose lease had run out, finished the case
                 # first and published the event.
                 publish = False
+        if finished_here and publish:
+            metrics.record_delivered(record.created_at, services.clock())
         if publish:
             # The tombstone keeps no chat id, so the final event carries the
             # chat and language the bot needs to confirm the delivery.
@@ -387,6 +444,7 @@ class DeliveryWorker:
         self, record: DeliveryRecord, case: Case, reason: str
     ) -> None:
         await self._queue.dead_letter(record, reason)
+        metrics.record_failed()
         await self._services.events.publish(
             EventType.DELIVERY_FAILED,
             case.case_id,
@@ -398,12 +456,28 @@ class DeliveryWorker:
             record, self._consumer, status=FAILED, last_error=reason
         )
         await self._queue.unschedule(record.delivery_id)
-        logger.warning(
-            "delivery failed for good case=%s attempts=%s reason=%s",
+        # The ERROR line is support's signal until a support group exists.
+        logger.error(
+            "delivery failed for good case=%s municipality=%s attempts=%s "
+            "reason=%s delivery=%s",
             record.case_ref,
+            record.municipality_code,
             record.attempts,
             reason,
+            record.delivery_id,
         )
+        if self._notify_support is not None:
+            failed = FailedDelivery(
+                delivery_id=record.delivery_id,
+                case_ref=record.case_ref,
+                municipality_code=record.municipality_code,
+                attempts=record.attempts,
+                reason=reason,
+            )
+            try:
+                await self._notify_support(failed)
+            except Exception:
+                logger.exception("support notification failed case=%s", record.case_ref)
 
     async def _abandon(self, record: DeliveryRecord, reason: str) -> None:
         await self._queue.release(

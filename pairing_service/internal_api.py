@@ -15,13 +15,15 @@ from aiohttp import web
 
 from journey.model import ROLES, Case
 from journey.municipalities import CBS_CODE
+from journey.reminders import ReminderScheduler
 from journey.steps import Event
 from journey.tokens import is_case_id
 from pairing_service.bodies import bool_field, read_json_object, string_field
 from pairing_service.consent import record_consent
 from pairing_service.errors import ApiError, Handler
+from pairing_service.mail import Mailer, MailError, build_message
 from pairing_service.pairing import create_pairing
-from pairing_service.services import services_of
+from pairing_service.services import Services, services_of
 from pairing_service.sessions import require_service_token
 from pairing_service.timefmt import iso_utc
 
@@ -96,14 +98,48 @@ async def create_case(request: web.Request) -> web.Response:
     )
 
     case, token = await services.store.create(code, email=email, language=str(language))
+    deep_link = _deep_link(services.settings.bot_username, str(token))
+    scheduler = ReminderScheduler(
+        services.redis, window=services.settings.reminder_window
+    )
+    await scheduler.schedule_case(case.case_id, case.created_at)
     body = {
         "case_id": case.case_id,
         "case_ref": case.ref,
         "invitation_token": str(token),
-        "deep_link": _deep_link(services.settings.bot_username, str(token)),
+        "deep_link": deep_link,
         "expires_at": iso_utc(case.expires_at),
+        "invitation_email": await _send_invitation(
+            services, case, deep_link, municipality.name
+        ),
     }
     return web.json_response(body, status=201)
+
+
+async def _send_invitation(
+    services: Services, case: Case, deep_link: str, municipality_name: str
+) -> str:
+    """Send the invitation e-mail; return ``sent``, ``failed`` or ``none``.
+
+    A failed e-mail does not fail the request: the case exists and the
+    website can show the deep link instead.
+    """
+    mail = services.settings.mail
+    if case.email is None or mail is None:
+        return "none"
+    message = build_message(
+        mail,
+        case.email,
+        "invitation",
+        case.language,
+        link=deep_link,
+        municipality=municipality_name,
+    )
+    try:
+        await Mailer(mail).send(message, case_ref=case.ref)
+    except MailError:
+        return "failed"
+    return "sent"
 
 
 @_service_token_required
@@ -137,6 +173,7 @@ async def create_case_pairing(request: web.Request) -> web.Response:
         "page_url": pairing.page_url,
         "app_link": pairing.app_link,
         "confirmation_code": pairing.confirmation_code,
+        "typed_code": pairing.typed_code,
         "expires_at": iso_utc(pairing.expires_at),
     }
     return web.json_response(body, status=201)

@@ -97,6 +97,32 @@ async def load_package(services: Services, case_id: str) -> StoredPackage | None
     return StoredPackage.from_hash(raw)
 
 
+async def store_sealed(
+    services: Services, case_id: str, sealed: SealedPackage
+) -> str | None:
+    """Store a sealed package for a case that has none; return its upload id.
+
+    Returns None when the case already has a package, which stays unchanged.
+    """
+    upload_id = secrets.token_urlsafe(12)
+    fields: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "suite": sealed.suite.value,
+        "key_id": sealed.key_id,
+        "sha256": sealed.sha256,
+        "size": sealed.size,
+        "ciphertext": base64.b64encode(sealed.ciphertext).decode("ascii"),
+        "received_at": services.clock(),
+        "upload_id": upload_id,
+    }
+    pairs = [item for pair in encode_fields(fields).items() for item in pair]
+    store_if_absent = services.redis.register_script(_STORE_IF_ABSENT)
+    stored = await store_if_absent(
+        keys=[keys.package(case_id)], args=[keys.PACKAGE_TTL_SECONDS, *pairs]
+    )
+    return upload_id if stored else None
+
+
 async def receive_package(
     services: Services, case: Case, request: web.Request
 ) -> SealedPackage:
@@ -140,23 +166,8 @@ async def receive_package(
     # Drop the only reference to the plaintext before any further await.
     del plaintext
 
-    upload_id = secrets.token_urlsafe(12)
-    fields: dict[str, Any] = {
-        "format": FORMAT_VERSION,
-        "suite": sealed.suite.value,
-        "key_id": sealed.key_id,
-        "sha256": sealed.sha256,
-        "size": sealed.size,
-        "ciphertext": base64.b64encode(sealed.ciphertext).decode("ascii"),
-        "received_at": services.clock(),
-        "upload_id": upload_id,
-    }
-    pairs = [item for pair in encode_fields(fields).items() for item in pair]
-    store_if_absent = services.redis.register_script(_STORE_IF_ABSENT)
-    stored = await store_if_absent(
-        keys=[keys.package(case.case_id)], args=[keys.PACKAGE_TTL_SECONDS, *pairs]
-    )
-    if not stored:
+    upload_id = await store_sealed(services, case.case_id, sealed)
+    if upload_id is None:
         raise ApiError(
             409, "package_already_received", "this case already has a package"
         )

@@ -1,9 +1,9 @@
-"""Pairing the Ockto app with a case: issuing a code and claiming it.
+"""Issuing a pairing: the QR code, the typed code and the QR page of a case.
 
-The pairing code is a ``journey.tokens`` token for the case; Redis keeps only
-the SHA-256 of its secret in ``keys.pairing(case_id)``. The claim runs as one
-Lua script on the case's slot, so of two apps that scan the same code exactly
-one gets the session and the case moves from ``qr`` to ``fetching`` once.
+The QR code is a ``journey.tokens`` token for the case; Redis keeps only the
+SHA-256 of its secret in ``keys.pairing(case_id)``. The typed code is the
+fallback for a client without a camera (``pairing_service.typed_codes``); Redis
+keeps only HMAC digests of it. Claiming either is in ``pairing_service.claims``.
 """
 
 from __future__ import annotations
@@ -14,13 +14,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from journey import keys
-from journey.events import EventType
 from journey.model import encode_fields
-from journey.steps import Event, Step, TransitionRejected, next_step
-from journey.tokens import MalformedToken, case_reference, new_token, parse_token
+from journey.steps import Event, Step, TransitionRejected
+from journey.tokens import new_token
 from pairing_service.errors import ApiError
 from pairing_service.page_secrets import new_page_id, page_lookup_id, seal_code
 from pairing_service.services import Services
+from pairing_service.typed_codes import (
+    MAX_SELECTOR_TRIES,
+    TypedCode,
+    code_digest,
+    new_typed_code,
+    selector_digest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +37,6 @@ check that both belong together. Six digits are easy to compare at a glance."""
 PAIRING_EXPIRED_GRACE_SECONDS = 30 * 60
 """An expired pairing stays in Redis this much longer, so a late scan gets
 "code expired" (with a renewal in the chat) instead of "unknown code"."""
-
-MAX_CLAIM_FAILURES_PER_CASE = 10
-"""Claims with a wrong secret for one case before further claims are refused.
-A real app never sends a wrong secret; ten allows for a garbled scan or two."""
-
-CLAIM_FAILURE_WINDOW_SECONDS = keys.PAIRING_TTL_SECONDS
-"""The failure counter lasts as long as a code, so a locked case unlocks when
-the client would need a new code anyway."""
 
 # KEYS[1] case hash, KEYS[2] pairing hash. ARGV[1] the page lookup id the case
 # must still point at, ARGV[2] TTL of the pairing, then field/value pairs.
@@ -53,52 +51,11 @@ redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
 return 1
 """
 
-# KEYS[1] pairing hash, KEYS[2] case hash, KEYS[3] app session hash,
-# KEYS[4] claim failure counter.
-# ARGV[1] hash of the presented secret, ARGV[2] now, ARGV[3] the step the case
-# must be in, ARGV[4] the step it moves to, ARGV[5] hash of the new session
-# token, ARGV[6] session TTL, ARGV[7] failure limit, ARGV[8] failure window.
-# Returns {outcome, ...}; on "ok" also the new version, has_partner,
-# municipality_code, the confirmation code and the page lookup id.
-#
-# The secrets are compared as SHA-256 hashes. The time a comparison takes
-# reveals at most a matching prefix of a hash, which does not help to find
-# the secret behind it.
-_CLAIM = """
-local failures = tonumber(redis.call('GET', KEYS[4]) or '0')
-if failures >= tonumber(ARGV[7]) then return {'rate_limited'} end
-local pairing = redis.call('HMGET', KEYS[1], 'code_hash', 'status', 'expires_at',
-  'confirmation_code', 'page')
-if not pairing[1] or pairing[1] ~= ARGV[1] then
-  redis.call('INCR', KEYS[4])
-  if redis.call('TTL', KEYS[4]) < 0 then
-    redis.call('EXPIRE', KEYS[4], tonumber(ARGV[8]))
-  end
-  return {'unknown_code'}
-end
-if pairing[2] == 'claimed' then return {'code_already_used'} end
-if tonumber(pairing[3]) <= tonumber(ARGV[2]) then return {'code_expired'} end
-local case = redis.call('HMGET', KEYS[2], 'step', 'tombstone', 'has_partner',
-  'municipality_code')
-if not case[1] or case[2] == '1' then return {'unknown_code'} end
-if case[1] ~= ARGV[3] then return {'case_not_pairable', case[1]} end
-redis.call('HSET', KEYS[1], 'status', 'claimed', 'claimed_at', ARGV[2])
-redis.call('HSET', KEYS[2], 'step', ARGV[4])
-local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
-redis.call('DEL', KEYS[3])
-redis.call('HSET', KEYS[3], 'token_hash', ARGV[5], 'created_at', ARGV[2])
-redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]))
-return {'ok', tostring(version), case[3] or '', case[4] or '', pairing[4] or '',
-  pairing[5] or ''}
+# KEYS[1] a typed code's index key. ARGV[1] the case id it must hold.
+_DELETE_INDEX_IF_OURS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
-
-_CLAIM_ERRORS: dict[str, tuple[int, str]] = {
-    "unknown_code": (404, "the code is unknown or was replaced by a newer one"),
-    "code_already_used": (409, "the code was already used to pair an app"),
-    "code_expired": (410, "the code has expired; ask for a new one in the chat"),
-    "rate_limited": (429, "too many wrong codes for this case; try again later"),
-    "case_not_pairable": (409, "the case is not waiting for an app to pair"),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,23 +67,8 @@ class IssuedPairing:
     app_link: str
     confirmation_code: str
     expires_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedPairing:
-    """The outcome of a successful claim, for the response to the app."""
-
-    case_id: str
-    session_token: str
-    confirmation_code: str
-    session_ttl_seconds: int
-    has_partner: bool
-    municipality_code: str
-
-    @property
-    def case_ref(self) -> str:
-        """Short reference of the case for logs."""
-        return case_reference(self.case_id)
+    typed_code: str | None = None
+    """``XXXX-XXXX``, or None when no free selector was found."""
 
 
 def app_link(public_base_url: str, code: str) -> str:
@@ -170,12 +112,24 @@ async def create_pairing(services: Services, case_id: str) -> IssuedPairing:
         f"{secrets.randbelow(10**CONFIRMATION_DIGITS):0{CONFIRMATION_DIGITS}d}"
     )
 
+    # The page stays readable while the app works after a late claim.
+    page_kept_for = max(kept_for, lifetime + keys.APP_SESSION_TTL_SECONDS)
+    previous_index = await services.redis.hget(keys.pairing(case_id), "typed_index")  # type: ignore[misc]
+    typed, typed_index = await _reserve_typed_code(services, case_id, kept_for)
+
     # Point the case at the new page first: the step check and the switch
     # happen in one atomic write, and the pairing below is only written while
     # the case still points at this page.
-    await store.apply(
-        case_id, event, expected_step=case.step, updates={"pairing_page_id": lookup}
-    )
+    try:
+        await store.apply(
+            case_id,
+            event,
+            expected_step=case.step,
+            updates={"pairing_page_id": lookup},
+        )
+    except Exception:
+        await _release_typed_index(services, typed_index, case_id)
+        raise
     fields: dict[str, Any] = {
         "code_hash": code.secret_hash,
         "page": lookup,
@@ -185,13 +139,19 @@ async def create_pairing(services: Services, case_id: str) -> IssuedPairing:
         "confirmation_code": confirmation,
         "sealed_code": seal_code(page_id, str(code)),
     }
+    if typed is not None:
+        fields["typed_hash"] = code_digest(services.typed_code_key, typed)
+        fields["typed_index"] = typed_index
+        fields["typed_failures"] = 0
+        fields["sealed_typed_code"] = seal_code(page_id, typed.display())
     pairs = [item for pair in encode_fields(fields).items() for item in pair]
-    write = services.redis.register_script(_WRITE_PAIRING)
+    write = services.script(_WRITE_PAIRING)
     written = await write(
         keys=[keys.case(case_id), keys.pairing(case_id)],
         args=[lookup, kept_for, *pairs],
     )
     if not written:
+        await _release_typed_index(services, typed_index, case_id)
         raise ApiError(
             409,
             "pairing_superseded",
@@ -200,10 +160,12 @@ async def create_pairing(services: Services, case_id: str) -> IssuedPairing:
         )
 
     async with services.redis.pipeline(transaction=False) as pipe:
-        pipe.set(keys.pairing_page(lookup), case_id, ex=kept_for)
+        pipe.set(keys.pairing_page(lookup), case_id, ex=page_kept_for)
         if case.pairing_page_id and case.pairing_page_id != lookup:
             pipe.delete(keys.pairing_page(case.pairing_page_id))
         await pipe.execute()
+    if previous_index and previous_index != typed_index:
+        await _release_typed_index(services, previous_index, case_id)
 
     logger.info(
         "pairing issued case=%s renewal=%s", case.ref, event is Event.RENEW_PAIRING
@@ -215,68 +177,32 @@ async def create_pairing(services: Services, case_id: str) -> IssuedPairing:
         app_link=app_link(base, str(code)),
         confirmation_code=confirmation,
         expires_at=now + lifetime,
+        typed_code=typed.display() if typed is not None else None,
     )
 
 
-async def claim_pairing(services: Services, code_text: str) -> ClaimedPairing:
-    """Claim a pairing code for the app and open its session.
+async def _reserve_typed_code(
+    services: Services, case_id: str, kept_for: int
+) -> tuple[TypedCode | None, str]:
+    """Draw a typed code whose selector no other case uses, and index it.
 
-    Raises:
-        ApiError: ``malformed_code`` (400), ``unknown_code`` (404),
-            ``code_already_used`` (409), ``case_not_pairable`` (409),
-            ``code_expired`` (410) or ``rate_limited`` (429).
+    Returns ``(None, "")`` when every try collided; the pairing then has a QR
+    code only, which is logged because it means the selector space is crowded.
     """
-    try:
-        code = parse_token(code_text)
-    except MalformedToken:
-        raise ApiError(
-            400, "malformed_code", "a pairing code is 44 URL-safe base64 characters"
-        ) from None
-
-    session = new_token(code.case_id)
-    target = next_step(Step.QR, Event.PAIRING_CLAIMED)
-    claim = services.redis.register_script(_CLAIM)
-    result = await claim(
-        keys=[
-            keys.pairing(code.case_id),
-            keys.case(code.case_id),
-            keys.app_session(code.case_id),
-            keys.claim_failures(code.case_id),
-        ],
-        args=[
-            code.secret_hash,
-            services.clock(),
-            Step.QR.value,
-            target.value,
-            session.secret_hash,
-            keys.APP_SESSION_TTL_SECONDS,
-            MAX_CLAIM_FAILURES_PER_CASE,
-            CLAIM_FAILURE_WINDOW_SECONDS,
-        ],
-    )
-
-    outcome = str(result[0])
-    reference = case_reference(code.case_id)
-    if outcome != "ok":
-        logger.info("claim rejected case=%s reason=%s", reference, outcome)
-        status, message = _CLAIM_ERRORS[outcome]
-        raise ApiError(status, outcome, message)
-
-    _version, has_partner, municipality_code, confirmation, lookup = result[1:6]
-    if lookup:
-        # The page on the computer keeps showing progress while the app works.
-        await services.redis.expire(
-            keys.pairing_page(lookup), keys.APP_SESSION_TTL_SECONDS
+    for _try in range(MAX_SELECTOR_TRIES):
+        typed = new_typed_code()
+        digest = selector_digest(services.typed_code_key, typed)
+        taken = await services.redis.set(
+            keys.typed_code(digest), case_id, ex=kept_for, nx=True
         )
-    await services.events.publish(
-        EventType.PAIRING_CLAIMED, code.case_id, step=target.value
-    )
-    logger.info("pairing claimed case=%s", reference)
-    return ClaimedPairing(
-        case_id=code.case_id,
-        session_token=str(session),
-        confirmation_code=str(confirmation),
-        session_ttl_seconds=keys.APP_SESSION_TTL_SECONDS,
-        has_partner=has_partner == "1",
-        municipality_code=str(municipality_code),
-    )
+        if taken:
+            return typed, digest
+    logger.warning("no free typed code selector tries=%s", MAX_SELECTOR_TRIES)
+    return None, ""
+
+
+async def _release_typed_index(services: Services, digest: str, case_id: str) -> None:
+    if not digest:
+        return
+    delete = services.script(_DELETE_INDEX_IF_OURS)
+    await delete(keys=[keys.typed_code(digest)], args=[case_id])

@@ -1,8 +1,10 @@
 """The QR web page a client can keep open on a computer, and the app-link page.
 
 ``GET /koppel/{page_id}`` shows the QR code of the app link (inline SVG made
-with segno), the confirmation code and a status line that a few lines of
-script refresh from ``GET /koppel/{page_id}/status``. The page shows nothing
+with segno), the typed code, the confirmation code and a status line. A few
+lines of script follow the status pushed by ``GET /koppel/{page_id}/events``
+(``pairing_service.page_stream``) and poll ``GET /koppel/{page_id}/status``
+when the stream is not available. The page shows nothing
 personal: the status is a word like ``waiting`` or ``paired``. An unknown or
 closed page returns 404 with an HTML page, because a person reads it.
 """
@@ -34,11 +36,19 @@ STATUS_POLL_SECONDS = 3
 """Interval of the page's status requests: the client sees the pairing within
 a few seconds, and a page left open costs one small request per interval."""
 
+NO_SCRIPT_REFRESH_SECONDS = 15
+"""Without JavaScript the page reloads itself this often to show the status."""
+
 QR_SCALE = 6
 """Pixels per QR module at the SVG's natural size; the page scales it anyway."""
 
 QR_ERROR_LEVEL = "m"
 """Level M corrects 15 % of damage, enough for a screen that reflects a lamp."""
+
+FINAL_STATUSES = frozenset(
+    ("delivered", "delivery_failed", "expired", "replaced", "closed")
+)
+"""Statuses after which a page never changes again."""
 
 _STATUS_BY_STEP: dict[Step, str] = {
     Step.FETCHING: "paired",
@@ -59,17 +69,31 @@ class PageState:
     expires_in: int = 0
     code: str | None = None
     confirmation_code: str = ""
+    typed_code: str = ""
 
 
 async def page_state(services: Services, page_id: str) -> PageState | None:
     """Return the state of a QR page, or None when the page is unknown."""
+    resolved = await resolve_page(services, page_id)
+    return resolved[1] if resolved is not None else None
+
+
+async def resolve_page(
+    services: Services, page_id: str
+) -> tuple[str, PageState] | None:
+    """Return the case id and the state of a QR page, or None when it is unknown."""
     if not is_page_id(page_id):
         return None
     lookup = page_lookup_id(page_id)
     case_id = await services.redis.get(keys.pairing_page(lookup))
     if case_id is None:
         return None
+    return case_id, await _state_of(services, page_id, lookup, case_id)
 
+
+async def _state_of(
+    services: Services, page_id: str, lookup: str, case_id: str
+) -> PageState:
     case = await services.store.find(case_id)
     if case is None or case.tombstone:
         return PageState("closed")
@@ -89,6 +113,7 @@ async def page_state(services: Services, page_id: str) -> PageState | None:
         expires_in=int(remaining),
         code=open_code(page_id, pairing.get("sealed_code", "")),
         confirmation_code=pairing.get("confirmation_code", ""),
+        typed_code=open_code(page_id, pairing.get("sealed_typed_code", "")) or "",
     )
 
 
@@ -120,7 +145,11 @@ async def show_page(request: web.Request) -> web.Response:
         qr_hidden="" if qr_svg else " hidden",
         qr_svg=qr_svg,
         confirmation_code=html.escape(state.confirmation_code),
+        typed_hidden="" if state.typed_code else " hidden",
+        typed_code=html.escape(state.typed_code),
         status_url=html.escape(f"/koppel/{page_id}/status"),
+        events_url=html.escape(f"/koppel/{page_id}/events"),
+        refresh_seconds=NO_SCRIPT_REFRESH_SECONDS,
         poll_seconds=STATUS_POLL_SECONDS,
         status_text=html.escape(status_texts.get(state.status, status_texts["closed"])),
         # "</" cannot end the script element once escaped like this.

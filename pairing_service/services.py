@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from journey.clock import Clock
 from journey.events import EventStream
 from journey.municipalities import MunicipalityRegistry
 from journey.store import CaseStore
 from pairing_service.config import Settings
+from pairing_service.typed_codes import derive_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +26,21 @@ class Services:
     events: EventStream
     registry: MunicipalityRegistry
     clock: Clock
+    typed_code_key: bytes = b""
+    """HMAC key of typed codes (see ``pairing_service.typed_codes``)."""
+    _scripts: dict[str, AsyncScript] = field(default_factory=dict, repr=False)
+
+    def script(self, source: str) -> AsyncScript:
+        """Return the Lua script ``source`` registered on this Redis client.
+
+        Registering once keeps the SHA1 of the source from being computed on
+        every request; the script still runs with EVALSHA.
+        """
+        script = self._scripts.get(source)
+        if script is None:
+            script = self.redis.register_script(source)
+            self._scripts[source] = script
+        return script
 
     @classmethod
     def build(
@@ -41,6 +58,9 @@ class Services:
             events=EventStream(redis),
             registry=registry,
             clock=clock,
+            typed_code_key=derive_key(
+                settings.service_token, settings.typed_code_secret
+            ),
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from standardwebhooks import Webhook
@@ -51,14 +52,24 @@ def build_payload(case: Case, package: StoredPackage, *, created_at: float) -> b
 
 
 def signed_headers(
-    secret: str, delivery_id: str, body: bytes, *, now: float
+    secrets: str | Sequence[str], delivery_id: str, body: bytes, *, now: float
 ) -> dict[str, str]:
-    """Return the Standard Webhooks headers for one attempt of a delivery."""
+    """Return the Standard Webhooks headers for one attempt of a delivery.
+
+    With several secrets (a rotation in progress) the ``webhook-signature``
+    header carries one signature per secret, separated by spaces, so a
+    receiver that holds either secret accepts the request.
+    """
     moment = as_datetime(now)
-    signature = Webhook(secret).sign(delivery_id, moment, body)
+    secret_list = [secrets] if isinstance(secrets, str) else list(secrets)
+    if not secret_list:
+        raise ValueError("at least one signing secret is required")
+    signatures = [
+        Webhook(secret).sign(delivery_id, moment, body) for secret in secret_list
+    ]
     return {
         "webhook-id": delivery_id,
         "webhook-timestamp": str(int(moment.timestamp())),
-        "webhook-signature": signature,
+        "webhook-signature": " ".join(signatures),
         "Content-Type": "application/json",
     }

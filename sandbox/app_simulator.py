@@ -125,7 +125,21 @@ class OcktoAppSimulator:
             AppApiError: the service rejected the claim, e.g. 409
                 ``code_already_used`` or 410 ``code_expired``.
         """
-        code = code_from_link(app_link_or_qr_text)
+        return await self._claim(code_from_link(app_link_or_qr_text))
+
+    async def claim_typed(self, typed_code: str) -> ClaimResult:
+        """Claim the pairing with the typed code, as a client without a camera does.
+
+        ``typed_code`` is sent as the client typed it, e.g. ``bcdf ghjk``; the
+        service ignores case, spaces and the dash.
+
+        Raises:
+            AppApiError: the service rejected the claim, e.g. 404
+                ``unknown_code`` or 403 ``code_locked``.
+        """
+        return await self._claim(typed_code)
+
+    async def _claim(self, code: str) -> ClaimResult:
         body = await self._request("POST", "/app/v1/claim", json_body={"code": code})
         self._session_token = body["session_token"]
         municipality = body.get("municipality", {})

@@ -1,43 +1,47 @@
-"""A reference webhook receiver for municipalities, and a test double of one.
+"""A municipality webhook receiver for the sandbox and the tests.
 
-It shows what a municipality must do with a delivery. It verifies the
-Standard Webhooks signature, which also rejects a timestamp more than five
-minutes off. It accepts a repeated ``webhook-id`` without processing it
-again. It decrypts the package with its private key and checks the SHA-256.
-For tests it keeps what it received in memory, and it can be set to fail or
-to respond slowly.
+Verification, replay detection and decryption are the municipality kit's
+(``municipality_kit.receiver.ReferenceReceiver``), so the sandbox exercises
+exactly what a municipality runs. On top of that this receiver keeps what it
+received in memory, records every request, and can be set to fail or to
+respond slowly, so tests can provoke the sender's retries and timeouts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import json
 import logging
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from cryptography.exceptions import InvalidTag
-from standardwebhooks import Webhook
-from standardwebhooks.webhooks import WebhookVerificationError
 
-from journey.package import (
-    PrivateKey,
-    SuiteName,
-    decode_private_key,
-    open_sealed,
+from journey.package import PrivateKey, SuiteName, decode_private_key
+from municipality_kit.decrypt import KeyRing, OpenedPackage, _Key
+from municipality_kit.receiver import (
+    DUPLICATE,
+    MAX_WEBHOOK_BYTES,
+    RECEIVED,
+    Outcome,
+    ReferenceReceiver,
+    create_receiver_app,
 )
+from municipality_kit.verify import DeliveryVerifier, MemorySeenIds
 
 logger = logging.getLogger(__name__)
 
-MAX_WEBHOOK_BYTES = 8 * 1024 * 1024
-"""A 4 MiB package grows by a third in base64, plus the JSON around it."""
-
 DEFAULT_WAIT_SECONDS = 30.0
 """How long ``wait_for`` waits before a test fails instead of hanging."""
+
+__all__ = [
+    "MAX_WEBHOOK_BYTES",
+    "MunicipalityReceiver",
+    "ReceivedDelivery",
+    "RecordedRequest",
+    "start_receiver",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,42 +57,79 @@ class ReceivedDelivery:
     payload: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """One request as it arrived, with the status the receiver returned."""
+
+    webhook_id: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+
+
+class _AnyKeyIdRing(KeyRing):
+    # The sandbox has one key and does not know the key id the registry
+    # gives it, so it tries that key for every key id.
+    def __init__(self, suite: SuiteName, private_key: PrivateKey) -> None:
+        super().__init__()
+        self._only = _Key(suite, private_key)
+
+    def _key_for(self, key_id: str) -> _Key | None:
+        return self._only
+
+
 @dataclass
 class MunicipalityReceiver:
-    """Verifies, deduplicates and decrypts webhook deliveries.
+    """Receives webhook deliveries through the kit and records them.
 
     Args:
-        secret: the Standard Webhooks signing secret (``whsec_...``).
+        secret: the Standard Webhooks signing secret (``whsec_...``), or all
+            secrets accepted during a rotation.
         private_key: the HPKE private key, parsed or as URL-safe base64.
         suite: the HPKE suite of the key.
     """
 
-    secret: str
+    secret: str | Sequence[str]
     private_key: PrivateKey | str
     suite: SuiteName = SuiteName.X25519
     slow_seconds: float = 0.0
     """Delay before every response, to provoke the sender's timeout."""
+    fail_ratio: float = 0.0
+    """Share of requests rejected with 500 without processing, drawn from ``rng``."""
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
     deliveries: list[ReceivedDelivery] = field(default_factory=list)
     duplicates: int = 0
     """Requests whose webhook-id was already processed."""
     rejected: list[str] = field(default_factory=list)
-    """Reason of each rejected request (signature, decryption, ...)."""
+    """Error code of each rejected request (``invalid_signature``, ...)."""
     attempts: list[str] = field(default_factory=list)
     """The webhook-id of every request, in arrival order, failed ones too."""
+    requests: list[RecordedRequest] = field(default_factory=list)
+    overlaps: int = 0
+    """Requests that arrived while another with the same webhook-id was open."""
     _fail_remaining: int = 0
     _fail_status: int = 500
-    _seen: set[str] = field(default_factory=set)
+    _fail_headers: dict[str, str] = field(default_factory=dict)
+    _open_ids: set[str] = field(default_factory=set)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def __post_init__(self) -> None:
         if isinstance(self.private_key, str):
             self.private_key = decode_private_key(self.private_key, self.suite)
-        self._webhook = Webhook(self.secret)
+        secrets = [self.secret] if isinstance(self.secret, str) else list(self.secret)
+        self.seen_ids = MemorySeenIds()
+        self.kit = ReferenceReceiver(
+            DeliveryVerifier(secrets, seen=self.seen_ids),
+            _AnyKeyIdRing(self.suite, self.private_key),
+        )
 
-    def fail_next(self, count: int, status: int = 500) -> None:
+    def fail_next(
+        self, count: int, status: int = 500, headers: dict[str, str] | None = None
+    ) -> None:
         """Return ``status`` for the next ``count`` requests without processing them."""
         self._fail_remaining = count
         self._fail_status = status
+        self._fail_headers = dict(headers or {})
 
     async def wait_for(
         self, count: int, *, wait_seconds: float = DEFAULT_WAIT_SECONDS
@@ -129,76 +170,52 @@ class MunicipalityReceiver:
     async def handle(self, request: web.Request) -> web.Response:
         """Process one webhook request."""
         body = await request.read()
+        headers = dict(request.headers)
         webhook_id = request.headers.get("webhook-id", "")
-        await self._note(lambda: self.attempts.append(webhook_id))
-        if self.slow_seconds:
-            await asyncio.sleep(self.slow_seconds)
+        overlapping = webhook_id in self._open_ids
+        self._open_ids.add(webhook_id)
+        try:
+            await self._note(lambda: self._count_attempt(webhook_id, overlapping))
+            if self.slow_seconds:
+                await asyncio.sleep(self.slow_seconds)
+            response = await self._answer(body, headers)
+        finally:
+            if not overlapping:
+                self._open_ids.discard(webhook_id)
+        recorded = RecordedRequest(webhook_id, headers, body, response.status)
+        await self._note(lambda: self.requests.append(recorded))
+        return response
 
+    async def _answer(self, body: bytes, headers: dict[str, str]) -> web.Response:
         if self._fail_remaining > 0:
             self._fail_remaining -= 1
             return web.json_response(
-                {"error": "configured to fail"}, status=self._fail_status
+                {"code": "configured_failure", "message": "configured to fail"},
+                status=self._fail_status,
+                headers=self._fail_headers,
+            )
+        if self.fail_ratio and self.rng.random() < self.fail_ratio:
+            return web.json_response(
+                {"code": "random_failure", "message": "configured to fail"},
+                status=500,
             )
 
-        try:
-            payload = self._webhook.verify(body, dict(request.headers))
-        except WebhookVerificationError as error:
-            return await self._reject("signature", 401, str(error))
+        outcome = await self.kit.receive(body, headers)
+        await self._note(lambda: self._record(outcome))
+        return outcome.response()
 
-        # Standard Webhooks senders retry with the same id: return success so
-        # the sender stops, but do not process the delivery a second time.
-        if webhook_id in self._seen:
-            await self._note(self._count_duplicate)
-            return web.json_response({"status": "duplicate"})
+    def _count_attempt(self, webhook_id: str, overlapping: bool) -> None:
+        self.attempts.append(webhook_id)
+        if overlapping:
+            self.overlaps += 1
 
-        try:
-            received = self._open(webhook_id, payload)
-        except (KeyError, TypeError, ValueError) as error:
-            return await self._reject("payload", 400, f"malformed payload: {error}")
-        except InvalidTag:
-            return await self._reject("decryption", 422, "the package does not decrypt")
-        if received is None:
-            return await self._reject("checksum", 422, "sha256 or size mismatch")
-
-        self._seen.add(webhook_id)
-        await self._note(lambda: self.deliveries.append(received))
-        logger.info("delivery received case=%s", received.case_ref)
-        return web.json_response({"status": "received"})
-
-    def _open(self, webhook_id: str, payload: Any) -> ReceivedDelivery | None:
-        data = payload["data"]
-        package = data["package"]
-        plaintext = open_sealed(
-            base64.b64decode(package["ciphertext"], validate=True),
-            private_key=self.private_key,  # type: ignore[arg-type]
-            suite=SuiteName(package["suite"]),
-            case_ref=data["case_ref"],
-            municipality_code=data["municipality_code"],
-        )
-        digest = hashlib.sha256(plaintext).hexdigest()
-        if digest != package["sha256"] or len(plaintext) != package["size"]:
-            return None
-        return ReceivedDelivery(
-            webhook_id=webhook_id,
-            case_ref=data["case_ref"],
-            municipality_code=data["municipality_code"],
-            plaintext=plaintext,
-            consent=list(data["consent"]),
-            sources=dict(data["sources"]),
-            payload=payload,
-        )
-
-    def _count_duplicate(self) -> None:
-        self.duplicates += 1
-
-    async def _reject(self, reason: str, status: int, message: str) -> web.Response:
-        await self._note(lambda: self.rejected.append(reason))
-        logger.warning("webhook rejected reason=%s", reason)
-        return web.Response(
-            text=json.dumps({"error": message}),
-            status=status,
-            content_type="application/json",
-        )
+    def _record(self, outcome: Outcome) -> None:
+        if outcome.code == DUPLICATE:
+            self.duplicates += 1
+        elif outcome.code == RECEIVED and outcome.package is not None:
+            self.deliveries.append(_received(outcome, outcome.package))
+        else:
+            self.rejected.append(outcome.code)
 
     async def _note(self, change: Callable[[], object]) -> None:
         async with self._changed:
@@ -206,9 +223,21 @@ class MunicipalityReceiver:
             self._changed.notify_all()
 
 
+def _received(outcome: Outcome, package: OpenedPackage) -> ReceivedDelivery:
+    return ReceivedDelivery(
+        webhook_id=outcome.webhook_id,
+        case_ref=package.case_ref,
+        municipality_code=package.municipality_code,
+        plaintext=package.plaintext,
+        consent=package.consent,
+        sources=package.sources,
+        payload=outcome.payload,
+    )
+
+
 async def start_receiver(
     *,
-    secret: str,
+    secret: str | Sequence[str],
     private_key: PrivateKey | str,
     suite: SuiteName = SuiteName.X25519,
     host: str = "127.0.0.1",
@@ -221,8 +250,7 @@ async def start_receiver(
     ``await runner.cleanup()``.
     """
     receiver = MunicipalityReceiver(secret=secret, private_key=private_key, suite=suite)
-    app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
-    app.router.add_post(path, receiver.handle)
+    app = create_receiver_app(receiver.handle, path=path)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

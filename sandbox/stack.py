@@ -29,6 +29,7 @@ from bot.application import running_bot
 from bot.config import BotSettings
 from journey.municipalities import MunicipalityRegistry
 from journey.package import KeyPair, SuiteName, generate_key_pair
+from journey.redis_client import connect
 from pairing_service.app import create_app
 from pairing_service.config import Settings
 from sandbox.municipality_receiver import MunicipalityReceiver, start_receiver
@@ -101,6 +102,8 @@ class SandboxStack:
     registry_path: Path
     municipalities: dict[str, MunicipalityEndpoint] = field(default_factory=dict)
     bot: Any = None
+    emulator_app: web.Application | None = None
+    """The emulator's aiohttp app, for tests that inspect its state directly."""
 
     @property
     def chat_page_url(self) -> str | None:
@@ -161,7 +164,7 @@ async def running_stack(
             redis_server = start_redis_server()
             stack.callback(redis_server.stop)
             redis_url = redis_server.url
-        redis = Redis.from_url(redis_url, decode_responses=True)
+        redis = connect(redis_url)
         stack.push_async_callback(redis.aclose)
 
         endpoints: dict[str, MunicipalityEndpoint] = {}
@@ -178,6 +181,7 @@ async def running_stack(
         registry = MunicipalityRegistry.load(registry_path)
 
         emulator_url: str | None = None
+        emulator_app: web.Application | None = None
         bot_username = EMULATOR_BOT_USERNAME
         if telegram_token is None:
             runner, emulator_url = await start_emulator(
@@ -187,6 +191,7 @@ async def running_stack(
                 rate_limits=rate_limits,
             )
             stack.push_async_callback(runner.cleanup)
+            emulator_app = runner.app
 
         service_token = secrets.token_urlsafe(32)
         listener = _listen(host, service_port)
@@ -217,6 +222,7 @@ async def running_stack(
             registry=registry,
             registry_path=registry_path,
             municipalities=endpoints,
+            emulator_app=emulator_app,
         )
         if start_bot:
             bot_settings = BotSettings(

@@ -44,6 +44,23 @@ class CommandRecorder:
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self._added = asyncio.Event()
+
+    def add(self, line: str) -> None:
+        """Record one command line."""
+        self.lines.append(line)
+        self._added.set()
+
+    async def wait_for(self, text: str, *, after: int = 0) -> None:
+        """Wait until a line recorded at index ``after`` or later contains ``text``.
+
+        A unique command sent last (such as an ECHO of a random token) marks
+        the point where every earlier command has been recorded.
+        """
+        while not any(text in line for line in self.lines[after:]):
+            after = len(self.lines)
+            self._added.clear()
+            await self._added.wait()
 
     def text(self) -> str:
         """Return all recorded command lines as one string."""
@@ -61,7 +78,7 @@ async def monitor_commands(url: str) -> AsyncIterator[CommandRecorder]:
         async with client.monitor() as monitor:
             started.set()
             async for entry in monitor.listen():
-                recorder.lines.append(str(entry.get("command", "")))
+                recorder.add(str(entry.get("command", "")))
 
     task = asyncio.create_task(record())
     await started.wait()

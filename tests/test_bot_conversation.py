@@ -257,7 +257,7 @@ async def test_checklist_no_shows_help_then_step(chat: Chat, store: CaseStore) -
     await chat.tap(info, "Start")
 
     expected_help = {
-        Step.CHECK_DIGID: "5 werkdagen",
+        Step.CHECK_DIGID: "3 werkdagen",
         Step.CHECK_SMS: "mijn.digid.nl",
         Step.CHECK_MIJNOVERHEID: "mijnoverheid.nl",
         Step.CHECK_PHONE: "telefoon",
@@ -501,7 +501,7 @@ async def test_start_without_token_asks_municipality(chat: Chat) -> None:
 @pytest.mark.parametrize(
     ("token", "fragment"),
     [
-        ("kort", "niet compleet"),
+        ("kort", "klopt niet"),
         ("A" * 44, "ken ik niet"),
     ],
 )
@@ -534,7 +534,7 @@ async def test_expired_token_explained(chat: Chat, store: CaseStore) -> None:
     case, token = await invite(store)
     await store.finish(case.case_id, Event.EXPIRE)
     await chat.say(f"/start {token}")
-    assert "verlopen" in text_of(await chat.sent())
+    assert "te oud" in text_of(await chat.sent())
 
 
 async def test_token_of_other_chat_rejected(
@@ -695,14 +695,14 @@ async def test_progress_edits_one_message(
     await events.publish(EventType.PROGRESS, case.case_id, progress=progress)
     first = await chat.sent()
     assert "DigiD: ingelogd" in text_of(first)
-    assert "UWV: nog niet opgehaald" in text_of(first)
+    assert "UWV: nog niet klaar" in text_of(first)
 
     progress = {"client": {"digid": True, "sources": {"uwv": "done"}}}
     await store.update(case.case_id, {"progress": progress})
     await events.publish(EventType.PROGRESS, case.case_id, progress=progress)
     edited = await chat.event(lambda event: event["kind"] == "edited")
     assert edited["message"]["message_id"] == first["message_id"]
-    assert "UWV: opgehaald" in text_of(edited["message"])
+    assert "UWV: klaar" in text_of(edited["message"])
     stored = await store.get(case.case_id)
     assert stored.progress_message_id == first["message_id"]
 
@@ -746,7 +746,7 @@ async def test_consent_no_asks_confirmation(
 
     confirm = await chat.sent()
     assert "Weet je het zeker?" in text_of(confirm)
-    await chat.tap(confirm, "Terug")
+    await chat.tap(confirm, "Ga terug")
     again = await chat.sent()
     assert "gemeente Zwolle" in text_of(again)
     assert await step_of(store, case) is Step.CONSENT

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import dataclasses
+import hashlib
 import json
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from email.utils import format_datetime
 from typing import Any
 
@@ -17,12 +21,22 @@ from standardwebhooks import Webhook
 
 from journey import keys
 from journey.events import EventType
-from journey.package import KeyPair, generate_key_pair
+from journey.municipalities import MunicipalityRegistry
+from journey.package import (
+    KeyPair,
+    SuiteName,
+    decode_private_key,
+    generate_key_pair,
+    open_sealed,
+)
 from journey.steps import Step
 from journey.store import CaseStore
+from pairing_service.admin import AdminError, DeliveryAdmin
+from pairing_service.config import DEFAULT_DELIVERY_TIMEOUT_SECONDS
 from pairing_service.deliveries import DeliveryQueue
-from pairing_service.delivery import DeliveryWorker
+from pairing_service.delivery import DeliveryWorker, FailedDelivery
 from pairing_service.retry import (
+    DEFAULT_RETRY_SCHEDULE,
     MAX_RETRY_AFTER_SECONDS,
     parse_retry_after,
     retry_delay,
@@ -377,7 +391,7 @@ async def test_receiver_rejects_bad_signature(
     ):
         status = response.status
     assert status == 401
-    assert municipality.rejected == ["signature"]
+    assert municipality.rejected == ["invalid_signature"]
     assert municipality.deliveries == []
 
 
@@ -398,7 +412,7 @@ async def test_receiver_rejects_old_timestamp(
     ):
         status = response.status
     assert status == 401
-    assert municipality.rejected == ["signature"]
+    assert municipality.rejected == ["timestamp_out_of_range"]
 
 
 async def test_receiver_drops_replayed_id(
@@ -443,7 +457,7 @@ async def test_receiver_rejects_tampered_binding(
     ):
         status = response.status
     assert status == 422
-    assert municipality.rejected == ["decryption"]
+    assert municipality.rejected == ["decryption_failed"]
 
 
 # --- retry arithmetic ------------------------------------------------------
@@ -484,3 +498,249 @@ def test_parse_retry_after_forms() -> None:
     assert parse_retry_after(in_a_minute, now=now) == 60
     assert parse_retry_after("morgen", now=now) is None
     assert parse_retry_after(None, now=now) is None
+
+
+# --- must-show cases: verification, final failure, 410, Retry-After ---------
+
+
+class LogSignal(logging.Handler):
+    """Sets an event when a log record's message contains ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.text = text
+        self.seen = asyncio.Event()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.records.append(record)
+            self.seen.set()
+
+
+@contextlib.contextmanager
+def log_signal(text: str) -> Iterator[LogSignal]:
+    """Attach a ``LogSignal`` to the root logger for the block."""
+    handler = LogSignal(text)
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+
+
+def worker_for(service: Harness, **options: Any) -> DeliveryWorker:
+    """Return a delivery worker on the harness's services, not yet started."""
+    app = service.client.app
+    assert app is not None
+    options.setdefault("schedule", SHORT_SCHEDULE)
+    options.setdefault("timeout_seconds", 2.0)
+    return DeliveryWorker(app[SERVICES], **options)
+
+
+async def test_two_failures_then_delivered_once(
+    service: Harness, receiver: tuple[str, MunicipalityReceiver], key_pair: KeyPair
+) -> None:
+    _url, municipality = receiver
+    municipality.fail_next(2, status=500)
+    case_id, package = await consent_needed(service, "MARKER-500-500-200")
+    await service.consent(case_id, "client", True)
+    await municipality.wait_for(1)
+    await wait_for_event(service, case_id, EventType.DELIVERED)
+    case = await service.store.get(case_id)
+
+    statuses = [request.status for request in municipality.requests]
+    accepted = [request for request in municipality.requests if request.status == 200]
+    assert statuses == [500, 500, 200]
+    assert {request.webhook_id for request in municipality.requests} == {
+        case.delivery_id
+    }
+    assert len(accepted) == 1
+    # The library's own verify, independent of the kit the receiver uses.
+    payload = Webhook(SIGNING_SECRET).verify(accepted[0].body, accepted[0].headers)
+    sealed = payload["data"]["package"]
+    plaintext = open_sealed(
+        base64.b64decode(sealed["ciphertext"]),
+        private_key=decode_private_key(key_pair.private_key, key_pair.suite),
+        suite=SuiteName(sealed["suite"]),
+        case_ref=payload["data"]["case_ref"],
+        municipality_code=payload["data"]["municipality_code"],
+    )
+    assert plaintext == package
+    assert sealed["key_id"] == "zwolle-test-01"
+    assert payload["data"]["consent"][0]["role"] == "client"
+    assert sealed["sha256"] == hashlib.sha256(package).hexdigest()
+
+
+async def test_final_failure_tells_client_and_support(
+    redis: Redis, key_pair: KeyPair
+) -> None:
+    closed_url = f"http://127.0.0.1:{free_port()}/webhook"
+    notified: list[FailedDelivery] = []
+
+    async def notify_support(failed: FailedDelivery) -> None:
+        notified.append(failed)
+
+    async with running_service(
+        redis, make_registry(key_pair, closed_url), start_worker=False
+    ) as service:
+        worker = worker_for(service, notify_support=notify_support)
+        await worker.start()
+        try:
+            with log_signal("delivery failed for good") as support_line:
+                case_id, _package = await consent_needed(service, "MARKER-final")
+                await service.consent(case_id, "client", True)
+                await wait_for_event(service, case_id, EventType.DELIVERY_FAILED)
+                await asyncio.wait_for(support_line.seen.wait(), 10)
+        finally:
+            await worker.stop()
+        case = await service.store.get(case_id)
+        events = await events_of(redis, case_id)
+        dead = await DeliveryQueue(redis, clock=time.time).dead_letters()
+
+    assert case.step is Step.DELIVERY_FAILED
+    assert events[-1].type is EventType.DELIVERY_FAILED
+    assert events[-1].data["reason"] == "ClientConnectorError"
+    assert support_line.records[0].levelno == logging.ERROR
+    assert case.ref in support_line.records[0].getMessage()
+    assert [entry["delivery_id"] for entry in dead] == [case.delivery_id]
+    assert [failed.case_ref for failed in notified] == [case.ref]
+    assert notified[0].attempts == len(SHORT_SCHEDULE) + 1
+
+
+async def test_gone_disables_endpoint_until_enabled(
+    service: Harness, receiver: tuple[str, MunicipalityReceiver]
+) -> None:
+    _url, municipality = receiver
+    municipality.fail_next(1, status=410)
+    first_id, _package = await consent_needed(service, "MARKER-gone-1")
+    await service.consent(first_id, "client", True)
+    await wait_for_event(service, first_id, EventType.DELIVERY_FAILED)
+    flag_ttl = await service.redis.ttl(keys.endpoint_disabled(MUNICIPALITY))
+
+    second_id, package = await consent_needed(service, "MARKER-gone-2")
+    await service.consent(second_id, "client", True)
+    await wait_for_event(service, second_id, EventType.DELIVERY_FAILED)
+    second = await service.store.get(second_id)
+    dead = await DeliveryQueue(service.redis, clock=time.time).dead_letters()
+    requests_while_disabled = len(municipality.attempts)
+
+    admin = DeliveryAdmin(service.redis, schedule=SHORT_SCHEDULE)
+    with pytest.raises(AdminError, match="enable-endpoint"):
+        await admin.redeliver(second.delivery_id)
+    await admin.enable_endpoint(MUNICIPALITY)
+    await admin.redeliver(second.delivery_id)
+    delivered = await municipality.wait_for(1)
+    await wait_for_event(service, second_id, EventType.DELIVERED)
+
+    assert 0 < flag_ttl <= keys.ENDPOINT_DISABLED_TTL_SECONDS
+    assert requests_while_disabled == 1
+    assert dead[0]["reason"] == "endpoint_disabled"
+    assert dead[1]["reason"] == "endpoint_gone"
+    assert not await service.redis.exists(keys.endpoint_disabled(MUNICIPALITY))
+    assert delivered[0].plaintext == package
+    assert delivered[0].webhook_id == second.delivery_id
+
+
+async def test_redeliver_reuses_webhook_id(
+    service: Harness, receiver: tuple[str, MunicipalityReceiver]
+) -> None:
+    _url, municipality = receiver
+    municipality.fail_next(len(SHORT_SCHEDULE) + 1, status=503)
+    case_id, package = await consent_needed(service, "MARKER-redeliver")
+    await service.consent(case_id, "client", True)
+    await wait_for_event(service, case_id, EventType.DELIVERY_FAILED)
+    failed = await service.store.get(case_id)
+    admin = DeliveryAdmin(service.redis, schedule=SHORT_SCHEDULE)
+    listed = await admin.dead_letters()
+
+    record = await admin.redeliver(failed.delivery_id)
+    delivered = await municipality.wait_for(1)
+    await wait_for_event(service, case_id, EventType.DELIVERED)
+    case = await service.store.get(case_id)
+
+    assert [entry["delivery_id"] for entry in listed] == [failed.delivery_id]
+    assert record.attempts == 0
+    assert set(municipality.attempts) == {failed.delivery_id}
+    assert len(municipality.attempts) == len(SHORT_SCHEDULE) + 2
+    assert delivered[0].plaintext == package
+    assert case.tombstone
+    assert await admin.dead_letters() == []
+    with pytest.raises(AdminError, match="only a failed delivery"):
+        await admin.redeliver(failed.delivery_id)
+
+
+async def test_redeliver_unknown_id_is_rejected(redis: Redis) -> None:
+    admin = DeliveryAdmin(redis, schedule=SHORT_SCHEDULE)
+    with pytest.raises(AdminError, match="not found"):
+        await admin.redeliver("msg_unknown")
+
+
+async def test_retry_after_sets_next_attempt(
+    redis: Redis, key_pair: KeyPair, receiver: tuple[str, MunicipalityReceiver]
+) -> None:
+    url, municipality = receiver
+    municipality.fail_next(1, status=503, headers={"Retry-After": "120"})
+    clock = FakeClock()
+    async with running_service(
+        redis, make_registry(key_pair, url), clock=clock, start_worker=False
+    ) as service:
+        worker = worker_for(service)
+        await worker.start()
+        try:
+            with log_signal("delivery attempt failed") as retry_line:
+                case_id, package = await consent_needed(service, "MARKER-after")
+                await service.consent(case_id, "client", True)
+                await asyncio.wait_for(retry_line.seen.wait(), 10)
+            case = await service.store.get(case_id)
+            next_at = await redis.zscore(keys.delivery_schedule(), case.delivery_id)
+            waited_until = clock.now
+            clock.advance(120)
+            delivered = await municipality.wait_for(1)
+        finally:
+            await worker.stop()
+    assert next_at is not None
+    assert next_at - waited_until == pytest.approx(120, abs=0.01)
+    assert len(municipality.attempts) == 2
+    assert delivered[0].plaintext == package
+
+
+async def test_rotation_sends_two_signatures(redis: Redis, key_pair: KeyPair) -> None:
+    new_secret = "whsec_" + base64.b64encode(b"n" * 32).decode()
+    runner, url, municipality = await start_receiver(
+        secret=SIGNING_SECRET, private_key=key_pair.private_key
+    )
+    document = make_registry(key_pair, url)
+    zwolle = document.get(MUNICIPALITY)
+    assert zwolle is not None
+    rotating = dataclasses.replace(
+        zwolle, signing_secret=new_secret, previous_signing_secret=SIGNING_SECRET
+    )
+    try:
+        async with running_service(
+            redis, MunicipalityRegistry([rotating]), start_worker=True
+        ) as service:
+            case_id, package = await consent_needed(service, "MARKER-rotation")
+            await service.consent(case_id, "client", True)
+            delivered = await municipality.wait_for(1)
+            await wait_for_event(service, case_id, EventType.DELIVERED)
+    finally:
+        await runner.cleanup()
+    request = municipality.requests[0]
+    signatures = request.headers["webhook-signature"].split(" ")
+    assert len(signatures) == 2
+    assert Webhook(new_secret).verify(request.body, request.headers)
+    assert Webhook(SIGNING_SECRET).verify(request.body, request.headers)
+    assert delivered[0].plaintext == package
+
+
+def test_default_request_timeout_is_15_seconds() -> None:
+    assert DEFAULT_DELIVERY_TIMEOUT_SECONDS == 15.0
+
+
+def test_default_schedule_is_documented() -> None:
+    assert DEFAULT_RETRY_SCHEDULE == (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800)

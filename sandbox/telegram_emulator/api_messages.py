@@ -12,6 +12,7 @@ from .errors import (
     bad_request,
 )
 from .formatting import FormattedText
+from .forum_threads import bot_thread_extra
 from .media import image_format, image_size
 from .methods import CallContext, bot_method
 from .params import Params, UploadedFile
@@ -71,7 +72,9 @@ def _message_extra(params: Params, chat: Chat) -> dict[str, Any]:
     elif params.boolean("disable_web_page_preview"):
         extra["link_preview_options"] = {"is_disabled": True}
     thread_id = params.integer("message_thread_id")
-    if thread_id and chat.type == "supergroup":
+    if thread_id and chat.is_forum:
+        extra.update(bot_thread_extra(chat, thread_id))
+    elif thread_id and chat.type == "supergroup":
         extra["message_thread_id"] = thread_id
     return extra
 

@@ -185,6 +185,48 @@ class EmulatorClient:
             await self._request("PUT", f"/_emulator/users/{user_id}", json=profile)
         )
 
+    # Groups
+
+    async def create_forum(self, chat_id: int, title: str) -> dict[str, Any]:
+        """Create a supergroup with topics (a forum) with id ``chat_id``."""
+        body = {"title": title, "forum": True}
+        return dict(
+            await self._request("POST", f"/_emulator/groups/{chat_id}", json=body)
+        )
+
+    async def set_member(
+        self, chat_id: int, user_id: int, status: str, **rights: Any
+    ) -> dict[str, Any]:
+        """Give a user a status in a group; ``rights`` are administrator rights."""
+        body = {"status": status, **rights}
+        path = f"/_emulator/groups/{chat_id}/members/{user_id}"
+        return dict(await self._request("PUT", path, json=body))
+
+    async def set_bot_member(
+        self, chat_id: int, status: str, **rights: Any
+    ) -> dict[str, Any]:
+        """Give the bot a status in a group, such as an administrator's rights."""
+        body = {"status": status, **rights}
+        path = f"/_emulator/groups/{chat_id}/bot"
+        return dict(await self._request("PUT", path, json=body))
+
+    async def delete_topic(self, chat_id: int, thread_id: int) -> dict[str, Any]:
+        """Delete a forum topic and its messages, as a group administrator."""
+        path = f"/_emulator/groups/{chat_id}/topics/{thread_id}"
+        return dict(await self._request("DELETE", path))
+
+    async def send_in_topic(
+        self, user_id: int, chat_id: int, thread_id: int, text: str
+    ) -> dict[str, Any]:
+        """Send a text (or a command) as the user in a forum topic."""
+        return await self.send_text(
+            user_id,
+            text,
+            chat_type="supergroup",
+            chat_id=chat_id,
+            message_thread_id=thread_id,
+        )
+
     # What the bot did
 
     async def _fetch_events(self, chat_id: int, wait: float) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 # The api_* modules register their methods in METHODS when imported.
-from . import api_bot, api_messages, api_updates  # noqa: F401
+from . import api_bot, api_forum, api_messages, api_updates  # noqa: F401
 from .errors import BotApiError, method_not_found, unauthorized
 from .methods import METHODS, CallContext, Described
 from .params import Params

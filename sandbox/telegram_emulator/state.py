@@ -17,6 +17,7 @@ from typing import Any
 
 from . import limits
 from .errors import BOT_BLOCKED, CANT_INITIATE, CHAT_NOT_FOUND, bad_request, forbidden
+from .forum import ForumTopic, MemberRecord
 from .ratelimit import RateLimiter, RateLimits
 from .validation import ReplyMarkup
 
@@ -93,6 +94,14 @@ class Chat:
     messages: dict[int, "Message"] = field(default_factory=dict)
     # The last reply keyboard that the bot showed, or None when none is shown.
     reply_keyboard: dict[str, Any] | None = None
+    # Forum supergroups only: topics by message_thread_id (see forum.py).
+    is_forum: bool = False
+    topics: dict[int, "ForumTopic"] = field(default_factory=dict)
+    # Group members that the testing API registered, by user id, and the bot's
+    # own membership; getChatMember reads both.
+    members: dict[int, "MemberRecord"] = field(default_factory=dict)
+    bot_member: "MemberRecord | None" = None
+    pinned_message_ids: list[int] = field(default_factory=list)
 
     @property
     def is_private(self) -> bool:
@@ -111,6 +120,8 @@ class Chat:
             data["title"] = self.title or ""
             if self.username:
                 data["username"] = self.username
+            if self.is_forum:
+                data["is_forum"] = True
         return data
 
 

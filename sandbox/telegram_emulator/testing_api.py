@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import user_actions
+from . import group_actions, user_actions
 from .state import EmulatorState
 from .user_actions import ActionError
 
@@ -114,6 +114,35 @@ async def _profile(request: web.Request, state: EmulatorState) -> web.Response:
     body = await _json_body(request)
     return web.json_response(
         user_actions.update_profile(state, _int_path(request, "user_id"), body)
+    )
+
+
+async def _create_group(request: web.Request, state: EmulatorState) -> web.Response:
+    body = await _json_body(request)
+    return web.json_response(
+        group_actions.create_group(state, _int_path(request, "chat_id"), body)
+    )
+
+
+async def _set_member(request: web.Request, state: EmulatorState) -> web.Response:
+    body = await _json_body(request)
+    chat_id = _int_path(request, "chat_id")
+    user_id = _int_path(request, "user_id")
+    return web.json_response(group_actions.set_member(state, chat_id, user_id, body))
+
+
+async def _set_bot_member(request: web.Request, state: EmulatorState) -> web.Response:
+    body = await _json_body(request)
+    return web.json_response(
+        group_actions.set_bot_member(state, _int_path(request, "chat_id"), body)
+    )
+
+
+async def _delete_topic(request: web.Request, state: EmulatorState) -> web.Response:
+    chat_id = _int_path(request, "chat_id")
+    thread_id = _int_path(request, "thread_id")
+    return web.json_response(
+        group_actions.delete_topic_as_admin(state, chat_id, thread_id)
     )
 
 
@@ -226,6 +255,10 @@ def add_testing_routes(app: web.Application, get_state: StateGetter) -> None:
         ("POST", "/_emulator/users/{user_id}/unblock", _unblock),
         ("PUT", "/_emulator/users/{user_id}", _profile),
         ("GET", "/_emulator/users", _users),
+        ("POST", "/_emulator/groups/{chat_id}", _create_group),
+        ("PUT", "/_emulator/groups/{chat_id}/members/{user_id}", _set_member),
+        ("PUT", "/_emulator/groups/{chat_id}/bot", _set_bot_member),
+        ("DELETE", "/_emulator/groups/{chat_id}/topics/{thread_id}", _delete_topic),
         ("GET", "/_emulator/chats/{chat_id}/events", _events),
         ("GET", "/_emulator/chats/{chat_id}/messages", _messages),
         ("GET", "/_emulator/files/{file_id}", _file),

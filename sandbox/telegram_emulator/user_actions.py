@@ -14,6 +14,7 @@ from typing import Any
 from . import limits
 from .api_messages import store_photo
 from .formatting import utf16_length
+from .forum_threads import live_topic
 from .media import (
     PLACEHOLDER_DOCUMENT,
     PLACEHOLDER_VOICE,
@@ -268,9 +269,37 @@ def _target_chat(state: EmulatorState, user: User, body: dict[str, Any]) -> Chat
     return chat
 
 
+def topic_extra(chat: Chat, body: dict[str, Any]) -> dict[str, Any]:
+    """Check the ``message_thread_id`` of a user's message; return the fields to echo.
+
+    Raises:
+        ActionError: when the chat is no forum, or the topic is missing,
+            deleted or closed.
+    """
+    thread_id = body.get("message_thread_id")
+    if thread_id is None:
+        return {}
+    if isinstance(thread_id, bool) or not isinstance(thread_id, int):
+        raise ActionError(
+            400, f"field 'message_thread_id' must be an integer, got {thread_id!r}"
+        )
+    if not chat.is_forum:
+        raise ActionError(400, f"chat {chat.id} is not a forum with topics")
+    topic = live_topic(chat, thread_id)
+    if topic is None:
+        raise ActionError(404, f"topic {thread_id} not found in chat {chat.id}")
+    if topic.closed:
+        raise ActionError(409, f"topic {thread_id} in chat {chat.id} is closed")
+    return {"message_thread_id": thread_id, "is_topic_message": True}
+
+
 def _reaches_bot(state: EmulatorState, chat: Chat, message: Message) -> bool:
     """Tell whether a group message passes the bot's privacy mode."""
     if chat.is_private or not state.config.group_privacy:
+        return True
+    # NOTE: assumed from Telegram's description of privacy mode: a bot that is
+    # an administrator of a group receives every message in it.
+    if chat.bot_member is not None and chat.bot_member.is_admin:
         return True
     if message.reply_to is not None and message.reply_to.from_bot:
         return True
@@ -313,7 +342,12 @@ def send_message(
             raise ActionError(404, f"message {reply_id} not found in chat {chat.id}")
 
     message = state.add_message(
-        chat, sender=user.to_json(), from_bot=False, content=content, reply_to=reply_to
+        chat,
+        sender=user.to_json(),
+        from_bot=False,
+        content=content,
+        reply_to=reply_to,
+        extra=topic_extra(chat, body),
     )
     if chat.reply_keyboard is not None and chat.reply_keyboard.get("one_time_keyboard"):
         # A one-time keyboard hides after the user has used it.

@@ -1,0 +1,260 @@
+"""Benchmark: claim requests per second against a one-Redis-call baseline.
+
+Run: ``/work/venv/bin/python bench/bench_claim.py [--rounds 5] [--requests 2000]``
+
+Starts a private redis-server and, in separate processes, the pairing service
+and a minimal aiohttp application whose only handler does one Redis GET. In
+each round the same aiohttp client sends the same number of requests with the
+same concurrency to both: successful claims of fresh codes to the service,
+and the same JSON body to the baseline. It prints the medians over the rounds
+and the ratio claim/baseline. A ratio near 1 means the claim costs about one
+Redis round trip and the usual handler work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from redis.asyncio import Redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from journey.package import generate_key_pair  # noqa: E402
+from journey.steps import Event  # noqa: E402
+from journey.store import CaseStore  # noqa: E402
+from sandbox.redis_server import free_port, start_redis_server  # noqa: E402
+
+SERVICE_TOKEN = "bench-service-token-" + "x" * 24
+MUNICIPALITY = "GM0193"
+START_TIMEOUT_SECONDS = 15.0
+
+
+def registry_document() -> dict[str, Any]:
+    key_pair = generate_key_pair()
+    return {
+        "municipalities": [
+            {
+                "code": MUNICIPALITY,
+                "name": "Zwolle",
+                "participates": True,
+                "webhook_url": "http://127.0.0.1:9/webhook",
+                "signing_secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "hpke": {
+                    "suite": key_pair.suite.value,
+                    "key_id": "bench-01",
+                    "public_key": key_pair.public_key,
+                },
+            }
+        ]
+    }
+
+
+def serve_service(port: int, redis_url: str, registry_path: str) -> None:
+    from pairing_service.app import create_app
+    from pairing_service.config import Settings
+
+    settings = Settings(
+        service_token=SERVICE_TOKEN,
+        public_base_url="https://koppel.bench.test",
+        bot_username="gv_bench_bot",
+        registry_path=Path(registry_path),
+        redis_url=redis_url,
+        # One client address sends every request of the benchmark.
+        claims_per_address=10_000_000,
+    )
+    web.run_app(
+        create_app(settings, start_worker=False),
+        host="127.0.0.1",
+        port=port,
+        access_log=None,
+        print=None,
+    )
+
+
+def serve_baseline(port: int, redis_url: str) -> None:
+    redis = Redis.from_url(redis_url, decode_responses=True)
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        value = await redis.get("bench:baseline")
+        return web.json_response({"value": value})
+
+    app = web.Application()
+    app.router.add_post("/claim", handler)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def start_server(
+    kind: str, port: int, redis_url: str, registry: str
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--serve",
+            kind,
+            "--port",
+            str(port),
+            "--redis",
+            redis_url,
+            "--registry",
+            registry,
+        ],
+    )
+
+
+async def wait_until_up(url: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.post(url, json={}) as response:
+                    await response.read()
+                    return
+            except aiohttp.ClientConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+
+async def prepare_codes(base_url: str, redis: Redis, count: int) -> list[str]:
+    """Create ``count`` cases in the ``qr`` step and return their QR codes."""
+    store = CaseStore(redis)
+    auth = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+    connector = aiohttp.TCPConnector(limit=32)
+    async with aiohttp.ClientSession(connector=connector, headers=auth) as session:
+
+        async def one() -> str:
+            async with session.post(
+                f"{base_url}/v1/cases", json={"municipality_code": MUNICIPALITY}
+            ) as response:
+                case_id = (await response.json())["case_id"]
+            case = await store.get(case_id)
+            await store.link_chat(case, 4242)
+            await store.apply(case_id, Event.START)
+            for _item in range(4):
+                await store.apply(case_id, Event.CONFIRM)
+            await store.apply(case_id, Event.PARTNER_NO, updates={"has_partner": False})
+            async with session.post(
+                f"{base_url}/v1/cases/{case_id}/pairings", json={}
+            ) as response:
+                link = (await response.json())["app_link"]
+            return str(link.split("#", 1)[1])
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def load(url: str, bodies: list[bytes], concurrency: int) -> tuple[float, int]:
+    """Send every body once with ``concurrency`` in flight; return (rps, 2xx)."""
+    queue = list(reversed(bodies))
+    ok = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            nonlocal ok
+            while queue:
+                body = queue.pop()
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    if response.status < 300:
+                        ok += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return len(bodies) / elapsed, ok
+
+
+async def run(rounds: int, requests: int, concurrency: int) -> dict[str, Any]:
+    redis_server = start_redis_server()
+    registry = Path("/tmp") / f"gv-bench-registry-{free_port()}.json"
+    registry.write_text(json.dumps(registry_document()), encoding="utf-8")
+    service_port, baseline_port = free_port(), free_port()
+    processes = [
+        start_server("service", service_port, redis_server.url, str(registry)),
+        start_server("baseline", baseline_port, redis_server.url, str(registry)),
+    ]
+    redis = Redis.from_url(redis_server.url, decode_responses=True)
+    service_url = f"http://127.0.0.1:{service_port}"
+    baseline_url = f"http://127.0.0.1:{baseline_port}/claim"
+    claims: list[float] = []
+    baselines: list[float] = []
+    try:
+        await wait_until_up(f"{service_url}/healthz")
+        await wait_until_up(baseline_url)
+        await redis.set("bench:baseline", "1", ex=3600)
+        for round_number in range(rounds):
+            codes = await prepare_codes(service_url, redis, requests)
+            bodies = [json.dumps({"code": code}).encode() for code in codes]
+            baseline_rps, _ = await load(baseline_url, bodies, concurrency)
+            claim_rps, claimed = await load(
+                f"{service_url}/app/v1/claim", bodies, concurrency
+            )
+            if claimed != requests:
+                raise RuntimeError(f"only {claimed} of {requests} claims succeeded")
+            baselines.append(baseline_rps)
+            claims.append(claim_rps)
+            print(
+                f"round {round_number + 1}: baseline {baseline_rps:.0f}/s "
+                f"claim {claim_rps:.0f}/s ratio {claim_rps / baseline_rps:.2f}",
+                flush=True,
+            )
+    finally:
+        await redis.aclose()
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=10)
+        redis_server.stop()
+        registry.unlink(missing_ok=True)
+    baseline = statistics.median(baselines)
+    claim = statistics.median(claims)
+    return {"baseline_rps": baseline, "claim_rps": claim, "ratio": claim / baseline}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
+    parser.add_argument(
+        "--requests", type=int, default=2000, help="requests per round and server"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=32, help="requests in flight (default 32)"
+    )
+    parser.add_argument(
+        "--serve", choices=("service", "baseline"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--redis", help=argparse.SUPPRESS)
+    parser.add_argument("--registry", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.serve == "service":
+        serve_service(args.port, args.redis, args.registry)
+        return
+    if args.serve == "baseline":
+        serve_baseline(args.port, args.redis)
+        return
+
+    result = asyncio.run(run(args.rounds, args.requests, args.concurrency))
+    print(
+        f"median of {args.rounds} rounds, {args.requests} requests each, "
+        f"concurrency {args.concurrency}: baseline {result['baseline_rps']:.0f}/s, "
+        f"claim {result['claim_rps']:.0f}/s, ratio {result['ratio']:.2f} (goal >= 0.8)"
+    )
+
+
+if __name__ == "__main__":
+    main()
