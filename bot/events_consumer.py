@@ -157,9 +157,7 @@ class EventConsumer:
         if case.support_state == SUPPORT_ACTIVE and not case.tombstone:
             # An agent has the chat, so the bot stays silent; hand back sends
             # the current step, which shows what these events changed.
-            logger.info(
-                "event held for support case=%s event=%s", case.ref, event.type
-            )
+            logger.info("event held for support case=%s event=%s", case.ref, event.type)
             return True
 
         try:

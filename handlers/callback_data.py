@@ -37,7 +37,7 @@ SCOPE_LANGUAGE = "language"
 """Scope of the /taal buttons, which hold in every step and without a case."""
 
 SCOPE_HELP = "help"
-"""Scope of the "Ik heb hulp nodig" button, which holds in every step."""
+"""Scope of the "Ik heb hulp nodig" button, which is valid in every step."""
 
 _PART = re.compile(r"[A-Za-z0-9_]{1,32}")
 

@@ -101,20 +101,28 @@ def parse_level(value: str | None) -> int:
     return level
 
 
-def configure_logging(level: int = logging.INFO, stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: int = logging.INFO, stream: TextIO | None = None, *, force: bool = False
+) -> None:
     """Send every log record to ``stream`` (stderr) as ``key=value`` lines.
 
-    Replaces the handlers of the root logger, so calling it twice is harmless.
+    Like ``logging.basicConfig``, it leaves a root logger alone that already
+    has handlers of someone else (a test runner's, for example), unless
+    ``force`` is set; then its handler is added next to them. A handler that
+    an earlier call installed is replaced, so calling it twice is harmless.
     The token filter is attached to the handler, so it also filters records
     that libraries log through their own loggers.
     """
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(KeyValueFormatter())
-    handler.addFilter(SecretFilter())
-
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if isinstance(old, _KeyValueHandler):
+            root.removeHandler(old)
+    if root.handlers and not force:
+        return
+
+    handler = _KeyValueHandler(stream or sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    handler.addFilter(SecretFilter())
     root.addHandler(handler)
     root.setLevel(level)
 
@@ -122,6 +130,10 @@ def configure_logging(level: int = logging.INFO, stream: TextIO | None = None) -
         logging.getLogger(name).setLevel(max(level, quiet_level))
     for name, minimum in _CHATTY_MINIMUM.items():
         logging.getLogger(name).setLevel(max(level, minimum))
+
+
+class _KeyValueHandler(logging.StreamHandler[TextIO]):
+    """The stream handler that ``configure_logging`` installs, to find it again."""
 
 
 def _quote(text: str) -> str:

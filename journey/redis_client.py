@@ -97,7 +97,8 @@ def connect(
     options.setdefault("retry", _default_retry())
     options.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
     if not use_cluster:
-        return Redis.from_url(url, **options)
+        client: Redis = Redis.from_url(url, **options)
+        return client
 
     scheme = CLUSTER_SCHEMES.get(parts.scheme, parts.scheme)
     if scheme not in ("redis", "rediss"):

@@ -30,6 +30,7 @@ from bot.config import BotSettings
 from journey.municipalities import MunicipalityRegistry
 from journey.package import KeyPair, SuiteName, generate_key_pair
 from journey.redis_client import connect
+from pairing_service.access_log import RouteAccessLogger
 from pairing_service.app import create_app
 from pairing_service.config import Settings
 from sandbox.municipality_receiver import MunicipalityReceiver, start_receiver
@@ -150,11 +151,14 @@ async def running_stack(
     telegram_token: str | None = None,
     rate_limits: RateLimits | None = None,
     start_bot: bool = True,
+    access_log: bool = False,
 ) -> AsyncIterator[SandboxStack]:
     """Start the whole product and yield its addresses; stop it all on exit.
 
     Without ``redis_url`` a private redis-server runs on a free port. With
     ``telegram_token`` the bot talks to real Telegram and no emulator starts.
+    With ``access_log`` the service logs each request as production does
+    (``pairing_service.access_log``).
     """
     workdir = Path(tempfile.mkdtemp(prefix="gv-sandbox-"))
     redis_server: RedisServer | None = None
@@ -207,7 +211,12 @@ async def running_stack(
             delivery_retry_schedule=(0.5, 1.0, 2.0),
         )
         service_app = create_app(settings, redis=redis, registry=registry)
-        service_runner = web.AppRunner(service_app, access_log=None)
+        if access_log:
+            service_runner = web.AppRunner(
+                service_app, access_log_class=RouteAccessLogger
+            )
+        else:
+            service_runner = web.AppRunner(service_app, access_log=None)
         await service_runner.setup()
         await web.SockSite(service_runner, listener).start()
         stack.push_async_callback(service_runner.cleanup)

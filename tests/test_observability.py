@@ -164,12 +164,11 @@ def log_stream() -> Iterator[io.StringIO]:
     saved_handlers = list(root.handlers)
     saved_level = root.level
     stream = io.StringIO()
-    configure_logging(logging.INFO, stream)
+    configure_logging(logging.INFO, stream, force=True)
     yield stream
     for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in saved_handlers:
-        root.addHandler(handler)
+        if handler not in saved_handlers:
+            root.removeHandler(handler)
     root.setLevel(saved_level)
 
 

@@ -27,8 +27,8 @@ from journey.package import MAX_PACKAGE_BYTES, KeyPair, generate_key_pair
 from journey.steps import Event, Step
 from journey.store import CaseStore
 from pairing_service.app import create_app, load_openapi
-from pairing_service.config import ConfigError, Settings
 from pairing_service.claims import MAX_CLAIM_FAILURES_PER_CASE
+from pairing_service.config import ConfigError, Settings
 from pairing_service.qr_page import QR_ERROR_LEVEL
 from sandbox.app_simulator import AppApiError, OcktoAppSimulator, synthetic_package
 from sandbox.redis_server import free_port

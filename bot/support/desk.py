@@ -67,7 +67,7 @@ return due
 
 
 class HelpOutcome(enum.Enum):
-    """What became of a help request."""
+    """Outcome of a help request."""
 
     REQUESTED = "requested"
     ALREADY = "already"
@@ -75,7 +75,7 @@ class HelpOutcome(enum.Enum):
 
 
 def is_topic_gone(error: TelegramError) -> bool:
-    """Tell whether ``error`` says that the topic no longer exists."""
+    """Tell whether ``error`` reports that the topic no longer exists."""
     return any(fragment in error.message.lower() for fragment in _TOPIC_GONE)
 
 

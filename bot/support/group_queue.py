@@ -12,7 +12,7 @@ receives a bot's updates (getUpdates or one webhook), and that process makes
 all relay calls, in the order the updates came.
 
 NOTE: a second bot process, such as a reminder worker that also runs the
-takeover timeouts, keeps its own window, so the limit then holds per process.
+takeover timeouts, keeps its own window, so the limit then applies per process.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The summary an agent reads at the top of a case's topic.
 
-It says where the client is without asking them: reference, municipality,
+It shows where the client is without asking them: reference, municipality,
 step, checklist answers, partner, pairing and delivery status, reminders sent
 and the last problem. It never contains financial data, progress details,
 contact details, the chat id or any token.
@@ -81,9 +81,7 @@ def _checklist(case: Case) -> str:
 def _partner(case: Case) -> str:
     if case.has_partner is None:
         return agent_text("label.partner.unknown")
-    return agent_text(
-        "label.partner.yes" if case.has_partner else "label.partner.no"
-    )
+    return agent_text("label.partner.yes" if case.has_partner else "label.partner.no")
 
 
 def _pairing_status(case: Case) -> str:

@@ -274,7 +274,7 @@ async def get_chat_member(ctx: CallContext, params: Params) -> dict[str, Any]:
 
     user = state.users.get(user_id)
     if user is None:
-        # NOTE: Telegram may answer PARTICIPANT_ID_INVALID here instead.
+        # NOTE: Telegram may return PARTICIPANT_ID_INVALID here instead.
         raise bad_request(USER_NOT_FOUND)
     if chat.is_private:
         status = "member" if chat.id == user_id else "left"

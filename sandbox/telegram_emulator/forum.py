@@ -2,7 +2,7 @@
 
 A forum is a supergroup with topics. As in Telegram, a topic's
 ``message_thread_id`` is the id of the service message that created it, and a
-deleted topic answers "message thread not found" from then on.
+call into a deleted topic fails with "message thread not found".
 """
 
 from dataclasses import dataclass, field
@@ -71,7 +71,7 @@ class MemberRecord:
         return self.status in ("creator", "administrator")
 
     def can(self, right: str) -> bool:
-        """Tell whether the member holds ``right``; the creator holds every right."""
+        """Tell whether the member has ``right``; the creator has every right."""
         if self.status == "creator":
             return True
         return self.status == "administrator" and self.rights.get(right, False)

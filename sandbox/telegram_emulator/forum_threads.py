@@ -6,12 +6,12 @@ from .errors import bad_request
 from .forum import ForumTopic
 from .state import Chat
 
-# Telegram's description for a topic that does not exist or was deleted
-# (tdlib/telegram-bot-api issue 854 quotes it for deleted topics in groups).
+# Telegram's description for a topic that does not exist or was deleted, as
+# bot developers report it from the Bot API server for groups.
 THREAD_NOT_FOUND = "message thread not found"
 
-# NOTE: the wording for a send into a closed topic is taken from tdlib's error
-# name; it was not checked against a live Bot API server.
+# NOTE: the wording for a send into a closed topic is an estimate from tdlib's
+# error name. Nobody checked it against a live Bot API server.
 TOPIC_CLOSED = "TOPIC_CLOSED"
 
 
