@@ -35,6 +35,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 from telegram import Update
 from telegram.ext import AIORateLimiter, Application, ContextTypes, MessageHandler
 from telegram.ext import filters as ext_filters
@@ -55,19 +56,42 @@ REPLY_WAIT_SECONDS = 120.0
 
 _user_ids = itertools.count(1_000_000)
 
+JOURNEY_STEP_TIMEOUT_SECONDS = 900.0
+"""Wait per reply under load: at Telegram's 30 messages a second for the
+whole bot, 500 journeys of about 20 messages take about 5.5 minutes, and a
+client's next reply may queue behind everyone else's."""
+
+
+def phone_address(index: int) -> str:
+    """Return a distinct loopback address (127.0.x.y) for phone ``index``."""
+    return f"127.0.{1 + index // 250}.{1 + index % 250}"
+
 
 async def run_journeys(stack: SandboxStack, clients: int) -> dict[str, object]:
     """Let ``clients`` scripted clients walk the journey at once; count results."""
     assert stack.emulator_url is not None
     invitations = [await stack.invite() for _ in range(clients)]
 
-    async with EmulatorClient(stack.emulator_url) as emulator:
+    # Every client holds a long poll open at the emulator; aiohttp's default
+    # pool of 100 connections would queue the rest until their timeout ran out.
+    unlimited = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    async with unlimited, EmulatorClient(stack.emulator_url, unlimited) as emulator:
 
         async def one(index: int) -> None:
-            client = ScriptedClient(stack, emulator, next(_user_ids))
-            await client.play(
-                invitations[index], package=synthetic_package(f"bench-{index}")
-            )
+            # Each phone claims from its own loopback address, as real phones
+            # have their own addresses; the per-address claim limit stays on.
+            connector = aiohttp.TCPConnector(local_addr=(phone_address(index), 0))
+            async with aiohttp.ClientSession(connector=connector) as phone:
+                client = ScriptedClient(
+                    stack,
+                    emulator,
+                    next(_user_ids),
+                    step_timeout=JOURNEY_STEP_TIMEOUT_SECONDS,
+                    app_session=phone,
+                )
+                await client.play(
+                    invitations[index], package=synthetic_package(f"bench-{index}")
+                )
 
         started = time.perf_counter()
         results = await asyncio.gather(

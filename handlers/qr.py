@@ -100,6 +100,11 @@ async def issue_pairing(update: Update, context: Context, case: Case) -> None:
             ],
             [
                 InlineKeyboardButton(
+                    translate("button.qr_page", case.language), url=pairing.page_url
+                )
+            ],
+            [
+                InlineKeyboardButton(
                     translate("button.renew", case.language),
                     callback_data=encode_for(qr_case, Action.RENEW, Step.QR),
                 )

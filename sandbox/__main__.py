@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 
+from journey.logging_setup import configure_logging
 from sandbox.app_simulator import synthetic_package
 from sandbox.scripted_client import JourneyFailed, ScriptedClient
 from sandbox.stack import SandboxStack, running_stack
@@ -61,12 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="log at DEBUG level")
     arguments = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=logging.DEBUG if arguments.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    # The HTTP client logs full URLs, which hold the bot token.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # The product's own logging setup: key=value lines, no tokens, and the
+    # libraries that log secrets at DEBUG (PTB, httpx) held at INFO or above.
+    configure_logging(logging.DEBUG if arguments.verbose else logging.WARNING)
 
     try:
         if arguments.headless:
@@ -139,6 +137,7 @@ def _print_welcome(stack: SandboxStack, token: str, deep_link: str) -> None:
     else:
         print(f"  Invitation link:  {deep_link}")
     print(f"  Pairing service:  {stack.service_url}")
+    print(f"  Redis:            {stack.redis_url}")
     for endpoint in stack.municipalities.values():
         print(f"  Municipality:     {endpoint.name} receives at {endpoint.url}")
     print("  Play the Ockto app with the link behind 'Open de Ockto app':")

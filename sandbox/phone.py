@@ -1,9 +1,10 @@
 """Play the Ockto app on the phone from a terminal, against a running sandbox.
 
-``python -m sandbox.phone SERVICE_URL APP_LINK [--partner] [--refuse-source S]``
+``python -m sandbox.phone SERVICE_URL LINK_OR_CODE [--partner] [--fail-source S]``
 claims the link that the bot sent (the QR code's text or the "open the app"
-button), logs in, fetches every source, lets the partner do the same, reports
-the review and uploads a synthetic package. The client then answers the
+button) or the typed code from the QR message (``XXXX-XXXX``), logs in,
+fetches every source, lets the partner do the same, reports the review and
+uploads a synthetic package. The client then answers the
 consent question in the chat page.
 """
 
@@ -22,7 +23,10 @@ async def _play(
 ) -> int:
     async with OcktoAppSimulator(service_url) as app:
         try:
-            claim = await app.claim(link)
+            if "://" in link:
+                claim = await app.claim(link)
+            else:
+                claim = await app.claim_typed(link)
             print(f"Paired. Confirmation code in the app: {claim.confirmation_code}")
             persons = ["client", "partner"] if partner else ["client"]
             for person in persons:
@@ -44,6 +48,9 @@ async def _play(
         except AppApiError as error:
             print(f"The pairing service rejected the request: {error}")
             return 1
+        except ValueError as error:
+            print(f"That is not an app link or a typed code: {error}")
+            return 2
     return 0
 
 
@@ -55,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "service_url", help="the pairing service, e.g. http://127.0.0.1:8080"
     )
-    parser.add_argument("link", help="the app link from the QR code or the app button")
+    parser.add_argument(
+        "link", help="the app link from the QR message, or its typed code XXXX-XXXX"
+    )
     parser.add_argument("--partner", action="store_true", help="the partner joins too")
     parser.add_argument(
         "--fail-source", choices=SOURCES, default=None, help="let this source fail"

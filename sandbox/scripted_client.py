@@ -14,6 +14,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
 from bot.i18n import translate
 from handlers.callback_data import Action, decode
 from handlers.render import render_progress
@@ -92,11 +94,31 @@ class ScriptedClient:
     """One person in the chat plus their phone with the Ockto app."""
 
     def __init__(
-        self, stack: SandboxStack, client: EmulatorClient, user_id: int
+        self,
+        stack: SandboxStack,
+        client: EmulatorClient,
+        user_id: int,
+        *,
+        step_timeout: float = STEP_WAIT_SECONDS,
+        app_session: aiohttp.ClientSession | None = None,
     ) -> None:
+        """Prepare a client; nothing is sent yet.
+
+        Args:
+            stack: the running sandbox.
+            client: the emulator's testing API, shared by many clients.
+            user_id: the Telegram user id this client plays.
+            step_timeout: seconds to wait for each reply of the bot; a load
+                test with Telegram's 30 messages a second needs far more.
+            app_session: the HTTP session of the phone, for example bound to
+                its own loopback address so that the per-address claim limit
+                sees one phone per client.
+        """
         self._stack = stack
         self._client = client
         self.user_id = user_id
+        self._step_timeout = step_timeout
+        self._app_session = app_session
         self.transcript = Transcript()
         self._progress_title = translate("progress.title")
 
@@ -127,7 +149,9 @@ class ScriptedClient:
         photo = await self.wait_for(_is_photo, "the QR photo")
         await self._read_qr(photo)
 
-        async with OcktoAppSimulator(self._stack.service_url) as app:
+        async with OcktoAppSimulator(
+            self._stack.service_url, session=self._app_session
+        ) as app:
             claim = await app.claim(transcript.qr_text)
             transcript.confirmation_code = claim.confirmation_code
             transcript.app("scanned the QR code and claimed it")
@@ -157,7 +181,7 @@ class ScriptedClient:
             await self.tap_action(Step.CONSENT_PARTNER, Action.YES)
 
         receiver = self._stack.receiver(invitation.municipality_code)
-        await receiver.wait_for(1, wait_seconds=STEP_WAIT_SECONDS)
+        await receiver.wait_for(1, wait_seconds=self._step_timeout)
         name = self._stack.registry.get(invitation.municipality_code)
         expected = translate(
             "delivered.body", municipality=name.name if name is not None else ""
@@ -210,7 +234,7 @@ class ScriptedClient:
 
         try:
             event = await self._client.wait_for(
-                self.user_id, accept, timeout=STEP_WAIT_SECONDS
+                self.user_id, accept, timeout=self._step_timeout
             )
         except TimeoutError as error:
             raise JourneyFailed(f"the bot did not send {what}") from error

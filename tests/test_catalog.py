@@ -267,7 +267,7 @@ def test_progress_with_every_state_readable() -> None:
         ("municipality.choose", ["button.none_of_these"]),
         ("fallback.group", ["button.private_chat"]),
         ("language.choose", ["button.language_nl", "button.language_en"]),
-        ("qr.caption", ["button.open_app", "button.renew"]),
+        ("qr.caption", ["button.open_app", "button.qr_page", "button.renew"]),
         ("support.client.offer", ["button.need_help"]),
     ],
 )
@@ -301,6 +301,7 @@ def test_every_label_shown_somewhere_scored() -> None:
         "button.language_nl",
         "button.language_en",
         "button.open_app",
+        "button.qr_page",
         "button.need_help",
     }
     for key in CLIENT_KEYS:
