@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from journey import keys
@@ -60,21 +61,32 @@ class EventStream:
 
     async def publish(self, event_type: EventType, case_id: str, **data: Any) -> str:
         """Append an event and refresh the stream's TTL in one transaction."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            self.queue_publish(pipe, event_type, case_id, **data)
+            stream_id, _ = await pipe.execute()
+        return str(stream_id)
+
+    def queue_publish(
+        self, pipe: Pipeline, event_type: EventType, case_id: str, **data: Any
+    ) -> None:
+        """Queue the commands of ``publish`` on ``pipe``, which the caller executes.
+
+        They are two replies of the pipeline: the event's stream id, then the
+        result of refreshing the TTL. In a pipeline without a transaction
+        another client may write between the two, which does no harm here.
+        """
         fields: dict[Any, Any] = {
             "type": event_type.value,
             "case_id": case_id,
             "data": json.dumps(data, separators=(",", ":")),
         }
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(
-                self._stream,
-                fields,
-                maxlen=keys.EVENT_STREAM_MAX_LENGTH,
-                approximate=True,
-            )
-            pipe.expire(self._stream, keys.EVENT_STREAM_TTL_SECONDS)
-            stream_id, _ = await pipe.execute()
-        return str(stream_id)
+        pipe.xadd(
+            self._stream,
+            fields,
+            maxlen=keys.EVENT_STREAM_MAX_LENGTH,
+            approximate=True,
+        )
+        pipe.expire(self._stream, keys.EVENT_STREAM_TTL_SECONDS)
 
     async def ensure_group(self, group: str = BOT_GROUP) -> None:
         """Create the consumer group (and the stream) if it does not exist yet."""

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from journey import keys
 from journey.clock import Clock, system_clock
@@ -349,29 +350,8 @@ class CaseStore:
     async def reduce_to_tombstone(self, case: Case) -> Case:
         """Replace a case in a final step by a tombstone without personal data."""
         for _attempt in range(MAX_WRITE_ATTEMPTS):
-            values = {
-                "step": case.step,
-                "municipality_code": case.municipality_code,
-                "invite_hash": case.invite_hash,
-                "created_at": case.created_at,
-                "expires_at": case.expires_at,
-                "finished_at": self._clock(),
-                "delivery_id": case.delivery_id,
-                "package_digest": case.package_digest,
-                "tombstone": True,
-            }
-            pairs = [item for pair in encode_fields(values).items() for item in pair]
-            result = await self._tombstone(
-                keys=[
-                    keys.case(case.case_id),
-                    keys.pairing(case.case_id),
-                    keys.app_session(case.case_id),
-                    keys.package(case.case_id),
-                    # A finished case gets no more reminders; its queued ones
-                    # are dropped when they fall due and find the tombstone.
-                    keys.reminder_state(case.case_id),
-                ],
-                args=[case.version, keys.TOMBSTONE_TTL_SECONDS, *pairs],
+            result = await self._write_tombstone(
+                case, self._tombstone_values(case, case.step)
             )
             if result[0] == 1:
                 if case.chat_id is not None:
@@ -388,6 +368,91 @@ class CaseStore:
             if case.tombstone:
                 return case
         raise StaleCase(case.case_id)
+
+    async def finish_case(
+        self,
+        case: Case,
+        event: Event,
+        *,
+        expected_step: Step | None = None,
+        cleanup: Pipeline | None = None,
+    ) -> Case:
+        """Apply a final event to a case as read and reduce it to a tombstone.
+
+        Does what ``finish`` does, but the step change and the tombstone are
+        one script that checks the version of ``case``, so an unchanged case
+        costs one round trip. A changed case is read again and checked again.
+        The chat index and the QR page key are in other hash slots. Their
+        deletions are queued on ``cleanup`` when given, and the caller then
+        executes it; otherwise they are sent here in one pipeline.
+
+        Raises:
+            CaseNotFound: no such case.
+            TransitionRejected: the case is a tombstone, is not in
+                ``expected_step``, or ``event`` is not allowed in its step.
+            ValueError: ``event`` leads to a step that is not final.
+            StaleCase: the case changed under every retry.
+        """
+        for _attempt in range(MAX_WRITE_ATTEMPTS):
+            if case.tombstone or (
+                expected_step is not None and case.step != expected_step
+            ):
+                raise TransitionRejected(case.step, event)
+            target = next_step(case.step, event, has_partner=bool(case.has_partner))
+            if target not in TERMINAL_STEPS:
+                raise ValueError(f"event {event} leads to {target}, not a final step")
+            values = self._tombstone_values(case, target)
+            result = await self._write_tombstone(case, values)
+            if result[0] == 1:
+                pipe = cleanup if cleanup is not None else self._redis.pipeline(False)
+                if case.chat_id is not None:
+                    pipe.eval(
+                        _DELETE_IF_EQUAL, 1, keys.chat(case.chat_id), case.case_id
+                    )
+                if case.pairing_page_id:
+                    pipe.delete(keys.pairing_page(case.pairing_page_id))
+                if cleanup is None:
+                    async with pipe:
+                        await pipe.execute()
+                logger.info("case closed case=%s outcome=%s", case.ref, target)
+                raw = encode_fields(values)
+                raw["version"] = str(result[1])
+                return Case.from_hash(case.case_id, raw)
+            if result[0] == -1:
+                raise CaseNotFound(case.case_id)
+            case = await self.get(case.case_id)
+        raise StaleCase(case.case_id)
+
+    async def _write_tombstone(self, case: Case, values: dict[str, Any]) -> list[Any]:
+        # Returns the tombstone script's reply: {1, version}, {0, version} on
+        # a version conflict or {-1} when the case is gone.
+        pairs = [item for pair in encode_fields(values).items() for item in pair]
+        result: list[Any] = await self._tombstone(
+            keys=[
+                keys.case(case.case_id),
+                keys.pairing(case.case_id),
+                keys.app_session(case.case_id),
+                keys.package(case.case_id),
+                # A finished case gets no more reminders; its queued ones
+                # are dropped when they fall due and find the tombstone.
+                keys.reminder_state(case.case_id),
+            ],
+            args=[case.version, keys.TOMBSTONE_TTL_SECONDS, *pairs],
+        )
+        return result
+
+    def _tombstone_values(self, case: Case, step: Step) -> dict[str, Any]:
+        return {
+            "step": step,
+            "municipality_code": case.municipality_code,
+            "invite_hash": case.invite_hash,
+            "created_at": case.created_at,
+            "expires_at": case.expires_at,
+            "finished_at": self._clock(),
+            "delivery_id": case.delivery_id,
+            "package_digest": case.package_digest,
+            "tombstone": True,
+        }
 
     async def unlink_chat(self, chat_id: int, case_id: str) -> None:
         """Forget the link between a chat and a case, if it still points there."""

@@ -44,7 +44,8 @@ ABANDONED = "abandoned"
 """Statuses of a delivery record."""
 
 # KEYS[1] delivery hash. ARGV[1] now, ARGV[2] owner, ARGV[3] lease end.
-# Returns {1, attempt} when leased, {0, lease end} while another worker owns
+# Returns {1, attempt, fields} when leased, where fields is the hash after the
+# lease as a flat name/value list, {0, lease end} while another worker owns
 # it, {-1} when the record is gone and {-2} when it is no longer pending.
 _LEASE = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -54,7 +55,7 @@ local held = redis.call('HGET', KEYS[1], 'lease_until')
 if held and tonumber(held) > tonumber(ARGV[1]) then return {0, held} end
 redis.call('HSET', KEYS[1], 'lease_owner', ARGV[2], 'lease_until', ARGV[3])
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-return {1, attempt}
+return {1, attempt, redis.call('HGETALL', KEYS[1])}
 """
 
 # KEYS[1] delivery hash. ARGV[1] owner, then field/value pairs to set.
@@ -133,7 +134,6 @@ class DeliveryQueue:
     def __init__(self, redis: Redis, *, clock: Clock) -> None:
         self._redis = redis
         self._clock = clock
-        self._lease = redis.register_script(_LEASE)
         self._release = redis.register_script(_RELEASE)
         self._reopen = redis.register_script(_REOPEN)
 
@@ -198,15 +198,32 @@ class DeliveryQueue:
             for _stream, stream_entries in response or []:
                 entries.extend(stream_entries)
 
-        for entry_id, fields in entries:
-            delivery_id = fields.get("delivery_id", "")
-            next_at = await self._redis.hget(keys.delivery(delivery_id), "next_at")  # type: ignore[misc]
-            if next_at is not None:
-                await self.schedule(delivery_id, float(next_at), only_new=True)
+        if not entries:
+            return 0
+
+        # Three round trips for the whole batch: the records' next attempt
+        # times, the schedule, then the acknowledgement. An entry is
+        # acknowledged only after its delivery is in the schedule.
+        delivery_ids = [fields.get("delivery_id", "") for _entry, fields in entries]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for delivery_id in delivery_ids:
+                pipe.hget(keys.delivery(delivery_id), "next_at")
+            next_ats = await pipe.execute()
+        first_attempts = {
+            delivery_id: float(next_at)
+            for delivery_id, next_at in zip(delivery_ids, next_ats, strict=True)
+            if next_at is not None
+        }
+        if first_attempts:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.xack(keys.deliveries(), DELIVERY_GROUP, entry_id)
-                pipe.xdel(keys.deliveries(), entry_id)
+                pipe.zadd(keys.delivery_schedule(), first_attempts, nx=True)
+                pipe.expire(keys.delivery_schedule(), keys.DELIVERY_QUEUE_TTL_SECONDS)
                 await pipe.execute()
+        entry_ids = [entry_id for entry_id, _fields in entries]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(keys.deliveries(), DELIVERY_GROUP, *entry_ids)
+            pipe.xdel(keys.deliveries(), *entry_ids)
+            await pipe.execute()
         return len(entries)
 
     async def schedule(
@@ -240,6 +257,20 @@ class DeliveryQueue:
             )
         )
 
+    async def due_and_next(self, *, limit: int) -> tuple[list[str], float | None]:
+        """Return up to ``limit`` due delivery ids and the time of the next attempt.
+
+        The time is that of the earliest scheduled delivery not in the list,
+        or None when there is none. Both come from one ``ZRANGE``.
+        """
+        now = self._clock()
+        entries = await self._redis.zrange(
+            keys.delivery_schedule(), 0, limit, withscores=True
+        )
+        due = [str(member) for member, score in entries[:limit] if score <= now]
+        rest = entries[len(due) :]
+        return due, (float(rest[0][1]) if rest else None)
+
     async def next_due_at(self) -> float | None:
         """Return the time of the earliest scheduled attempt, or None."""
         first = await self._redis.zrange(
@@ -256,31 +287,62 @@ class DeliveryQueue:
         the delivery is scheduled at its end, so no worker finds it due. If
         the worker dies, the delivery is due again when the lease ends.
         """
+        leased = await self.lease_many([delivery_id], owner, seconds=seconds)
+        return leased[0] if leased else None
+
+    async def lease_many(
+        self, delivery_ids: list[str], owner: str, *, seconds: float
+    ) -> list[DeliveryRecord]:
+        """Take the lease of each delivery, as ``lease`` does; return those taken.
+
+        One pipeline carries the lease script of every id (each touches one
+        record) and moves every id to the lease end in the schedule. An id
+        whose lease another worker holds is then moved to that worker's lease
+        end, and an id whose record is gone or closed leaves the schedule.
+        """
+        if not delivery_ids:
+            return []
         now = self._clock()
         until = now + seconds
-        result = await self._lease(
-            keys=[keys.delivery(delivery_id)], args=[now, owner, until]
-        )
-        if result[0] == 0:
-            # Another worker owns the lease: move the delivery out of the due
-            # range until that lease ends, unless that worker removed it.
-            held_until = str(result[1])
-            await self.schedule(delivery_id, float(held_until), only_existing=True)
-            # The owner may have released the lease and scheduled its retry
-            # just before the line above, which then pushed the retry back to
-            # the old lease end. Put it back at the time the owner chose.
-            lease_until, next_at, status = await self._redis.hmget(  # type: ignore[misc]
-                keys.delivery(delivery_id), ["lease_until", "next_at", "status"]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for delivery_id in delivery_ids:
+                # EVAL, not EVALSHA: a pipeline cannot load a missing script
+                # and run the command again.
+                pipe.eval(_LEASE, 1, keys.delivery(delivery_id), now, owner, until)
+            pipe.zadd(
+                keys.delivery_schedule(), dict.fromkeys(delivery_ids, until), xx=True
             )
-            if lease_until != held_until and status == PENDING and next_at:
-                await self.schedule(delivery_id, float(next_at), only_existing=True)
-            return None
-        if result[0] < 0:
-            await self.unschedule(delivery_id)
-            return None
-        await self.schedule(delivery_id, until)
-        raw: dict[str, str] = await self._redis.hgetall(keys.delivery(delivery_id))  # type: ignore[misc]
-        return DeliveryRecord.from_hash(delivery_id, raw)
+            pipe.expire(keys.delivery_schedule(), keys.DELIVERY_QUEUE_TTL_SECONDS)
+            *results, _moved, _expiry = await pipe.execute()
+
+        leased: list[DeliveryRecord] = []
+        gone: list[str] = []
+        for delivery_id, result in zip(delivery_ids, results, strict=True):
+            if result[0] == 1:
+                fields = result[2]
+                raw = dict(zip(fields[::2], fields[1::2], strict=True))
+                leased.append(DeliveryRecord.from_hash(delivery_id, raw))
+            elif result[0] == 0:
+                await self._defer_to_lease_end(delivery_id, str(result[1]))
+            else:
+                gone.append(delivery_id)
+
+        if gone:
+            await self._redis.zrem(keys.delivery_schedule(), *gone)
+        return leased
+
+    async def _defer_to_lease_end(self, delivery_id: str, held_until: str) -> None:
+        # Another worker owns the lease: move the delivery out of the due
+        # range until that lease ends, unless that worker removed it.
+        await self.schedule(delivery_id, float(held_until), only_existing=True)
+        # The owner may have released the lease and scheduled its retry
+        # just before the line above, which then pushed the retry back to
+        # the old lease end. Put it back at the time the owner chose.
+        lease_until, next_at, status = await self._redis.hmget(  # type: ignore[misc]
+            keys.delivery(delivery_id), ["lease_until", "next_at", "status"]
+        )
+        if lease_until != held_until and status == PENDING and next_at:
+            await self.schedule(delivery_id, float(next_at), only_existing=True)
 
     async def release(self, record: DeliveryRecord, owner: str, **updates: Any) -> bool:
         """Write the outcome of an attempt and end the lease.
@@ -292,6 +354,20 @@ class DeliveryQueue:
         released = await self._release(
             keys=[keys.delivery(record.delivery_id)], args=[owner, *pairs]
         )
+        return bool(released)
+
+    async def close(self, record: DeliveryRecord, owner: str, **updates: Any) -> bool:
+        """Write a final outcome, end the lease and unschedule, in one round trip.
+
+        The delivery leaves the schedule even when the lease had run out, as
+        after ``release`` followed by ``unschedule``. Returns what ``release``
+        returns.
+        """
+        pairs = [item for pair in encode_fields(updates).items() for item in pair]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.eval(_RELEASE, 1, keys.delivery(record.delivery_id), owner, *pairs)
+            pipe.zrem(keys.delivery_schedule(), record.delivery_id)
+            released, _removed = await pipe.execute()
         return bool(released)
 
     async def dead_letter(self, record: DeliveryRecord, reason: str) -> None:

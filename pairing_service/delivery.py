@@ -33,6 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from journey import keys
 from journey.events import EventType
 from journey.model import Case
 from journey.municipalities import Municipality
@@ -45,7 +46,7 @@ from pairing_service.deliveries import (
     DeliveryQueue,
     DeliveryRecord,
 )
-from pairing_service.packages import load_package
+from pairing_service.packages import StoredPackage
 from pairing_service.retry import Jitter, full_jitter, parse_retry_after, retry_delay
 from pairing_service.services import Services
 from pairing_service.webhook import build_payload, signed_headers
@@ -252,21 +253,25 @@ class DeliveryWorker:
         # Start an attempt for every due delivery this worker can lease, then
         # return how long to wait until the next one is due.
         free = self._concurrency - len(self._active)
-        if free > 0:
-            for delivery_id in await self._queue.due(limit=free):
-                if delivery_id in self._active:
-                    continue
-                record = await self._queue.lease(
-                    delivery_id, self._consumer, seconds=self._lease_seconds
-                )
-                if record is None:
-                    continue
-                task = asyncio.create_task(self._run_attempt(record))
-                self._active[delivery_id] = task
+        if free <= 0:
+            return IDLE_WAIT_SECONDS
+        due, next_at = await self._queue.due_and_next(limit=free)
+        candidates = [
+            delivery_id for delivery_id in due if delivery_id not in self._active
+        ]
+        leased = await self._queue.lease_many(
+            candidates, self._consumer, seconds=self._lease_seconds
+        )
+        for record in leased:
+            task = asyncio.create_task(self._run_attempt(record))
+            self._active[record.delivery_id] = task
 
         if len(self._active) >= self._concurrency:
             return IDLE_WAIT_SECONDS
-        next_at = await self._queue.next_due_at()
+        if len(leased) < len(due):
+            # A due delivery was not leased and moved in the schedule, so the
+            # time read before the leases may be stale. Look again soon.
+            return MIN_WAIT_SECONDS
         if next_at is None:
             return IDLE_WAIT_SECONDS
         until_due = next_at - self._services.clock()
@@ -290,7 +295,7 @@ class DeliveryWorker:
 
     async def _attempt(self, record: DeliveryRecord) -> None:
         services = self._services
-        case = await services.store.find(record.case_id)
+        case, disabled, package = await self._read_inputs(record)
         if case is None or case.delivery_id != record.delivery_id:
             await self._abandon(record, "case_gone")
             return
@@ -311,10 +316,11 @@ class DeliveryWorker:
         if municipality is None or not municipality.participates:
             await self._fail(record, case, "municipality_unavailable")
             return
-        if await self._queue.endpoint_disabled(municipality.code) is not None:
+        if municipality.code != record.municipality_code:
+            disabled = await self._queue.endpoint_disabled(municipality.code)
+        if disabled is not None:
             await self._fail(record, case, "endpoint_disabled")
             return
-        package = await load_package(services, case.case_id)
         if package is None:
             await self._fail(record, case, "package_missing")
             return
@@ -361,6 +367,23 @@ class DeliveryWorker:
             delay,
         )
 
+    async def _read_inputs(
+        self, record: DeliveryRecord
+    ) -> tuple[Case | None, dict[str, str] | None, StoredPackage | None]:
+        # The case, the endpoint flag of the record's municipality and the
+        # package in one pipeline; each command reads one key. The package is
+        # read even when the case turns out not to need it, which only
+        # happens on the rare paths that send nothing.
+        redis = self._services.redis
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.case(record.case_id))
+            pipe.hgetall(keys.endpoint_disabled(record.municipality_code))
+            pipe.hgetall(keys.package(record.case_id))
+            raw_case, flag, raw_package = await pipe.execute()
+        case = Case.from_hash(record.case_id, raw_case) if raw_case else None
+        package = StoredPackage.from_hash(raw_package) if raw_package else None
+        return case, flag or None, package
+
     async def _post(
         self, municipality: Municipality, record: DeliveryRecord, body: bytes
     ) -> AttemptResult:
@@ -396,32 +419,45 @@ class DeliveryWorker:
         self, record: DeliveryRecord, case: Case, *, finished_here: bool
     ) -> None:
         services = self._services
-        publish = True
+        # The tombstone keeps no chat id, so the final event carries the
+        # chat and language the bot needs to confirm the delivery.
+        event_data = {
+            "step": Step.DELIVERED.value,
+            "chat_id": case.chat_id,
+            "language": case.language,
+        }
         if finished_here:
             try:
-                await services.store.finish(
-                    case.case_id, Event.DELIVERED, expected_step=Step.DELIVERING
-                )
+                # One round trip for the tombstone, one for the index
+                # deletions and the event together.
+                async with services.redis.pipeline(transaction=False) as pipe:
+                    await services.store.finish_case(
+                        case,
+                        Event.DELIVERED,
+                        expected_step=Step.DELIVERING,
+                        cleanup=pipe,
+                    )
+                    metrics.record_delivered(record.created_at, services.clock())
+                    services.events.queue_publish(
+                        pipe, EventType.DELIVERED, case.case_id, **event_data
+                    )
+                    await pipe.execute()
             except TransitionRejected:
                 # Another worker, whose lease had run out, finished the case
                 # first and published the event.
-                publish = False
-        if finished_here and publish:
-            metrics.record_delivered(record.created_at, services.clock())
-        if publish:
-            # The tombstone keeps no chat id, so the final event carries the
-            # chat and language the bot needs to confirm the delivery.
+                logger.info(
+                    "delivery finished by another worker case=%s", record.case_ref
+                )
+        else:
             await services.events.publish(
-                EventType.DELIVERED,
-                case.case_id,
-                step=Step.DELIVERED.value,
-                chat_id=case.chat_id,
-                language=case.language,
+                EventType.DELIVERED, case.case_id, **event_data
             )
-        await self._queue.release(
+        # Closed only after the event is out. A worker that dies before the
+        # close leaves the record pending, and the next attempt publishes the
+        # event (a second time if this one was sent).
+        await self._queue.close(
             record, self._consumer, status=DELIVERED, delivered_at=services.clock()
         )
-        await self._queue.unschedule(record.delivery_id)
         logger.info(
             "delivery succeeded case=%s attempt=%s", record.case_ref, record.attempts
         )
@@ -435,8 +471,7 @@ class DeliveryWorker:
             logger.info(
                 "delivery already closed case=%s step=%s", record.case_ref, case.step
             )
-            await self._queue.release(record, self._consumer, status=FAILED)
-            await self._queue.unschedule(record.delivery_id)
+            await self._queue.close(record, self._consumer, status=FAILED)
             return
         await self._close_failed(record, case, reason)
 
@@ -452,10 +487,9 @@ class DeliveryWorker:
             reason=reason,
             attempts=record.attempts,
         )
-        await self._queue.release(
+        await self._queue.close(
             record, self._consumer, status=FAILED, last_error=reason
         )
-        await self._queue.unschedule(record.delivery_id)
         # The ERROR line is support's signal until a support group exists.
         logger.error(
             "delivery failed for good case=%s municipality=%s attempts=%s "
@@ -480,8 +514,7 @@ class DeliveryWorker:
                 logger.exception("support notification failed case=%s", record.case_ref)
 
     async def _abandon(self, record: DeliveryRecord, reason: str) -> None:
-        await self._queue.release(
+        await self._queue.close(
             record, self._consumer, status=ABANDONED, last_error=reason
         )
-        await self._queue.unschedule(record.delivery_id)
         logger.warning("delivery abandoned case=%s reason=%s", record.case_ref, reason)
