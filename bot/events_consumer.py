@@ -2,9 +2,10 @@
 
 Reads ``journey.events.EventStream`` in the consumer group ``bot`` under a
 name unique to this process, renders each event in the case's chat and
-acknowledges it afterwards. An event that failed for a passing reason
-(network, Telegram flood control) stays unacknowledged, so the stream hands
-it out again after ``journey.events.CLAIM_IDLE_MS``.
+acknowledges it afterwards. The events of one batch are handled concurrently
+across cases and in stream order within a case. An event that failed for a
+passing reason (network, Telegram flood control) stays unacknowledged, so the
+stream hands it out again after ``journey.events.CLAIM_IDLE_MS``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ READ_BLOCK_MS = 1000
 """How long one read waits for new events; also how fast ``stop`` takes effect."""
 
 READ_BATCH = 20
-"""Events read at once; each needs one or two Telegram calls."""
+"""Events read at once, and so the maximum number of cases handled at the same
+time. Each event needs one or two Telegram calls."""
 
 ERROR_BACKOFF_SECONDS = 2.0
 """Pause after Redis failed, so a Redis outage is not a busy loop."""
@@ -101,11 +103,29 @@ class EventConsumer:
                 continue
             self._handling = True
             try:
-                for event in batch:
-                    await self.handle(event)
+                await self._handle_batch(batch)
             finally:
                 self._handling = False
         logger.info("event consumer stopped consumer=%s", self._consumer)
+
+    async def _handle_batch(self, batch: list[ServiceEvent]) -> None:
+        # Cases are independent, so each case's events run in a task of their
+        # own and one slow chat does not hold up the others. Within a case the
+        # events keep their stream order, because a progress edit must find the
+        # message that the case's previous event sent.
+        by_case: dict[str, list[ServiceEvent]] = {}
+        for event in batch:
+            by_case.setdefault(event.case_id, []).append(event)
+        if len(by_case) == 1:
+            await self._handle_in_order(batch)
+            return
+        await asyncio.gather(
+            *(self._handle_in_order(events) for events in by_case.values())
+        )
+
+    async def _handle_in_order(self, events: list[ServiceEvent]) -> None:
+        for event in events:
+            await self.handle(event)
 
     async def handle(self, event: ServiceEvent) -> None:
         """Render one event and acknowledge it, unless it should be tried again."""
@@ -194,11 +214,16 @@ class EventConsumer:
             text = translate("delivered.body", language, municipality=municipality)
             await Reply(text).send(self._bot, chat_id)
         elif event.type is EventType.DELIVERY_FAILED:
+            # TODO: open a help request in the support group when one is
+            # configured; today support learns of it from the service's ERROR
+            # log line and the dead-letter list (pairing_service.admin).
             await Reply(translate("delivery_failed.body", language)).send(
                 self._bot, chat_id
             )
         elif event.type is EventType.REFUSED:
-            await Reply(translate("refused.body", language)).send(self._bot, chat_id)
+            # The consent handler confirms the refusal in the same tap that
+            # caused it, so the event only closes the case's trail.
+            logger.debug("refusal already confirmed case=%s", case.ref)
 
     async def _ask_consent(self, case: Case, chat_id: int) -> None:
         if case.step not in (Step.CONSENT, Step.CONSENT_PARTNER):

@@ -247,7 +247,9 @@ class ScriptedClient:
         transcript.qr_text = decode_qr(transcript.qr_png)
         for row in photo.get("reply_markup", {}).get("inline_keyboard", []):
             for button in row:
-                if "url" in button:
+                # The first URL button opens the app; the next one opens the
+                # QR web page for a computer.
+                if "url" in button and not transcript.app_link:
                     transcript.app_link = button["url"]
 
     async def _fetch(

@@ -707,6 +707,44 @@ async def test_progress_edits_one_message(
     assert stored.progress_message_id == first["message_id"]
 
 
+async def test_one_batch_keeps_case_order(
+    chat: Chat, store: CaseStore, redis: Redis, client: EmulatorClient
+) -> None:
+    case = await fetching_case(chat, store)
+    other = Chat(client, USER_ID + 1)
+    other_case = await fetching_case(other, store)
+    progress = {"client": {"digid": True, "sources": {}}}
+    await store.update(case.case_id, {"progress": progress})
+
+    # One transaction makes the events visible at once, so the consumer reads
+    # them in one batch. The fields are those that EventStream.publish writes.
+    async with redis.pipeline(transaction=True) as pipe:
+        for event_type, case_id in (
+            (EventType.PROGRESS, case.case_id),
+            (EventType.PAIRING_CLAIMED, other_case.case_id),
+            (EventType.PROGRESS, case.case_id),
+            (EventType.REVIEW_READY, case.case_id),
+        ):
+            fields = {"type": event_type.value, "case_id": case_id, "data": "{}"}
+            pipe.xadd(keys.events(), fields)  # type: ignore[arg-type]
+        await pipe.execute()
+
+    # Had the second progress event run beside the first, it would not have
+    # seen the first one's message and would have sent a second one.
+    first = await chat.sent()
+    await chat.sent_containing(translate("review.body"))
+    await other.sent_containing(translate("paired.body"))
+    assert "DigiD: ingelogd" in text_of(first)
+    progress_messages = [
+        message
+        for message in await client.messages(USER_ID)
+        if "DigiD: ingelogd" in text_of(message)
+    ]
+    assert len(progress_messages) == 1
+    stored = await store.get(case.case_id)
+    assert stored.progress_message_id == first["message_id"]
+
+
 async def test_progress_names_partner_separately(
     chat: Chat, store: CaseStore, redis: Redis
 ) -> None:
@@ -799,15 +837,16 @@ async def test_event_for_blocked_chat_is_dropped(
     events = EventStream(redis)
     await events.publish(EventType.PAIRING_CLAIMED, blocked.case_id)
 
-    # Events are handled in order, so a reply in another chat proves that
-    # the first event was handled.
+    # The consumer reads the first event long before the second is published,
+    # and it finishes a batch before it reads the next, so a reply in another
+    # chat proves that the first event was handled.
     other = Chat(client, USER_ID + 1)
     case, token = await invite(store)
     await other.say(f"/start {token}")
     await other.sent()
     await store.apply(case.case_id, Event.START)
     await events.publish(EventType.REVIEW_READY, case.case_id)
-    await other.sent_containing("opgehaald")
+    await other.sent_containing("Het ophalen is klaar")
 
     pending = await redis.xpending(keys.events(), "bot")
     assert pending["pending"] == 0
@@ -902,9 +941,14 @@ async def test_qr_photo_with_code_and_buttons(
     photo = await chat.sent()
     assert photo.get("photo")
     assert "Controlecode:" in text_of(photo)
-    assert button_texts(photo) == ["Open de Ockto app", "Nieuwe code"]
+    assert button_texts(photo) == [
+        "Open de Ockto app",
+        "Open de QR-code in je browser",
+        "Nieuwe code",
+    ]
     app_link = url_of(photo, "Open de Ockto app")
     assert "/app/open#" in app_link
+    assert "/koppel/" in url_of(photo, "Open de QR-code in je browser")
     assert await step_of(store, case) is Step.QR
 
     zxingcpp = pytest.importorskip("zxingcpp")

@@ -513,6 +513,20 @@ async def test_message_older_than_48_hours_cannot_be_deleted(
     assert error.value.message == "Message can't be deleted"
 
 
+async def test_events_carry_emulator_clock(emulator: Emulator) -> None:
+    await emulator.started_user()
+    sent = await emulator.bot.send_message(USER, "Eerst")
+    emulator.clock.advance(2.5)
+    await emulator.bot.edit_message_text("Daarna", USER, sent.message_id)
+
+    sent_event = await emulator.client.next_event(USER)
+    edited_event = await emulator.client.next_event(USER)
+    assert sent_event["kind"] == "sent"
+    assert sent_event["clock"] == 1000.0
+    assert edited_event["kind"] == "edited"
+    assert edited_event["clock"] == 1002.5
+
+
 # Callback queries
 
 

@@ -250,6 +250,8 @@ class ChatEvent:
     chat_id: int
     kind: str
     data: dict[str, Any]
+    clock: float = 0.0
+    """Emulator clock reading when the event was recorded, in seconds."""
 
     def to_json(self) -> dict[str, Any]:
         """Build the event object of the testing API."""
@@ -257,6 +259,7 @@ class ChatEvent:
             "seq": self.seq,
             "kind": self.kind,
             "chat_id": self.chat_id,
+            "clock": self.clock,
         }
         event.update(self.data)
         return event
@@ -528,7 +531,7 @@ class EmulatorState:
 
     def record_event(self, chat_id: int, kind: str, data: dict[str, Any]) -> ChatEvent:
         """Record what the bot did in ``chat_id`` and wake the event long polls."""
-        event = ChatEvent(next(self._event_seqs), chat_id, kind, data)
+        event = ChatEvent(next(self._event_seqs), chat_id, kind, data, self.clock())
         self.events.append(event)
         self.events_changed.notify()
         return event
