@@ -37,14 +37,8 @@ CHAT_BURST = 3
 """Messages one chat may get back to back. The FAQ tolerates short bursts
 without a number; the project's emulator allows 5, so 3 stays below it."""
 
-GLOBAL_BURST = 2
-"""A tolerance of one interval for the whole bot. A waiting sender reaches
-Redis a few ms after its slot (sleep overshoot, the event loop, the round
-trip). With a burst of 1 the GCRA counter restarts from that late time, so
-every late wake-up is lost: ``bench/bench_reminders.py`` measured about 28 a
-second against 30 that way. With 2, lateness under one interval is made up,
-the long-run rate stays at the configured rate, and at most two messages go
-back to back. The emulator's token bucket of 30 never rejects that."""
+GLOBAL_BURST = 1
+"""No burst for the whole bot: an even 30 a second never meets a 429."""
 
 MAX_RETRY_AFTER_SECONDS = 3600.0
 """A ``retry_after`` above an hour is treated as an hour, so one odd response
