@@ -64,9 +64,12 @@ CLAIM_BATCH = 64
 """Reminders claimed at once: two seconds of sending at 30 a second, well
 inside the claim lease."""
 
-CONCURRENT_SENDS = 16
-"""Reminders in flight at once; the shared rate limit paces them, and 16
-covers a Telegram round trip of up to half a second at 30 a second."""
+CONCURRENT_SENDS = 1
+"""Reminders in flight at once per process. Each is marked as sent just
+before its request, so a process killed mid-send loses at most this many;
+one keeps that loss to a single reminder. A process then sends at most one
+reminder per Telegram round trip, so with round trips above 33 ms several
+dispatcher processes are needed to use the whole 30 a second."""
 
 IDLE_POLL_SECONDS = 1.0
 """Pause after a claim that found nothing due; also how soon ``stop`` acts."""

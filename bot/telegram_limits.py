@@ -44,7 +44,8 @@ MAX_RETRY_AFTER_SECONDS = 3600.0
 """A ``retry_after`` above an hour is treated as an hour, so one odd response
 cannot silence the bot for a day."""
 
-# KEYS[1] GCRA key, KEYS[2] pause key or absent. ARGV[1] interval between
+# Generic cell rate algorithm (GCRA): the key holds the theoretical arrival
+# time of the next message. KEYS[1] GCRA key, KEYS[2] pause key or absent. ARGV[1] interval between
 # messages in ms, ARGV[2] burst in messages, ARGV[3] now in ms or "" for
 # Redis TIME. Returns 0 when admitted, else the ms to wait.
 _ACQUIRE = """
@@ -62,7 +63,11 @@ end
 local interval = tonumber(ARGV[1])
 local tolerance = interval * (tonumber(ARGV[2]) - 1)
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
+-- A sender that arrives a little after its slot (timer overshoot, a round
+-- trip) keeps up to half an interval of that lateness, so waiting senders
+-- add up to the full rate; an idle limiter still starts from about now.
+local floor = now - interval / 2
+if tat < floor then tat = floor end
 local wait = tat - tolerance - now
 if wait > 0 then return math.ceil(wait) end
 local next_tat = tat + interval
