@@ -45,9 +45,9 @@ MAX_RETRY_AFTER_SECONDS = 3600.0
 cannot silence the bot for a day."""
 
 # Generic cell rate algorithm (GCRA): the key holds the theoretical arrival
-# time of the next message. KEYS[1] GCRA key, KEYS[2] pause key or absent. ARGV[1] interval between
-# messages in ms, ARGV[2] burst in messages, ARGV[3] now in ms or "" for
-# Redis TIME. Returns 0 when admitted, else the ms to wait.
+# time of the next message. KEYS[1] GCRA key, KEYS[2] pause key or absent.
+# ARGV[1] interval between messages in ms, ARGV[2] burst in messages,
+# ARGV[3] now in ms or "" for Redis TIME. Returns 0 when admitted, else the ms to wait.
 _ACQUIRE = """
 local now
 if ARGV[3] ~= '' then
