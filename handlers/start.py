@@ -16,6 +16,7 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.ext import BaseHandler, CallbackQueryHandler, CommandHandler, filters
 
 from bot.i18n import translate
+from bot.reminders import scheduler_of
 from bot.services import get_services
 from handlers.callback_data import (
     SCOPE_MUNICIPALITY,
@@ -199,6 +200,10 @@ async def handle_municipality_button(update: Update, context: Context) -> None:
         municipality.code, language=language, step=Step.INFO, chat_id=chat_id
     )
     logger.info("case started without invitation case=%s", case.ref)
+    # The case starts its own reminder series, as an invitation's case does.
+    scheduler = scheduler_of(context.bot_data)
+    if scheduler is not None:
+        await scheduler.schedule_case(case.case_id, case.created_at)
     await send_step(update, context, case)
 
 

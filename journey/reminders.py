@@ -347,9 +347,8 @@ class ReminderScheduler:
     async def schedule_case(self, case_id: str, invited_at: float) -> float:
         """Queue the first reminder of a new case and return its due time.
 
-        NOTE: only ``POST /v1/cases`` calls this. A case that the bot creates
-        for a client who started without an invitation is queued only by
-        ``rebuild``.
+        ``POST /v1/cases`` calls it for an invitation's case, and the bot for
+        a case it creates for a client who started without an invitation.
         """
         due = series_due_time(Kind.FIRST, invited_at, self._window)
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -570,6 +570,9 @@ async def test_typed_municipality_creates_case(chat: Chat, store: CaseStore) -> 
     assert case is not None
     assert case.step is Step.INFO
     assert case.municipality_code == "GM0193"
+    # The case gets the same reminder series as an invitation's case.
+    state = await store.redis.hgetall(keys.reminder_state(case.case_id))
+    assert float(state["invited_at"]) == case.created_at
 
 
 async def test_typed_name_with_typo_is_confirmed(chat: Chat) -> None:
