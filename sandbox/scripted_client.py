@@ -40,14 +40,14 @@ class JourneyFailed(RuntimeError):
 
 @dataclass
 class Transcript:
-    """What happened in the chat, in order, and what the script measured."""
+    """The chat's events in order, with the measurements of the script."""
 
     lines: list[str] = field(default_factory=list)
     taps: int = 0
     """Buttons tapped and commands sent by the client."""
     qr_png: bytes = b""
     qr_text: str = ""
-    """What the QR code decodes to."""
+    """The text decoded from the QR code."""
     app_link: str = ""
     """The URL behind the "open the app" button of the QR message."""
     progress_message_id: int | None = None
@@ -86,7 +86,7 @@ def decode_qr(png: bytes) -> str:
     image = Image.open(io.BytesIO(png))
     results = zxingcpp.read_barcodes(image)
     if not results:
-        raise JourneyFailed("the QR photo holds no readable QR code")
+        raise JourneyFailed("no readable QR code found in the QR photo")
     return str(results[0].text)
 
 
@@ -112,7 +112,7 @@ class ScriptedClient:
                 test with Telegram's 30 messages a second needs far more.
             app_session: the HTTP session of the phone, for example bound to
                 its own loopback address so that the per-address claim limit
-                sees one phone per client.
+                counts one phone per client.
         """
         self._stack = stack
         self._client = client
@@ -261,7 +261,7 @@ class ScriptedClient:
             await app.fetch_source(source, person)
             self.transcript.app(f"{person} fetched {source}")
 
-        # The service stores the progress before it answers, so the case now
+        # The service stores the progress before it responds, so the case now
         # holds the final state; the script goes on once the chat shows it.
         case = await CaseStore(self._stack.redis).get(invitation.case_id)
         expected = render_progress(case)

@@ -68,7 +68,7 @@ DEFAULT_MUNICIPALITY = "GM0193"
 
 @dataclass
 class Invitation:
-    """What the website gets back when it creates a case."""
+    """The response the website gets when it creates a case."""
 
     case_id: str
     case_ref: str
