@@ -18,19 +18,16 @@ from __future__ import annotations
 import itertools
 import logging
 import string
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from bot.application import BotApplication, running_bot
-from bot.i18n import set_strict
+from bot.application import BotApplication
 from handlers.callback_data import (
     SCOPE_HELP,
     SCOPE_LANGUAGE,
@@ -38,8 +35,6 @@ from handlers.callback_data import (
     Action,
     case_tag,
 )
-from journey.municipalities import Municipality, MunicipalityRegistry
-from journey.package import generate_key_pair
 from journey.steps import (
     PARTNER_CHECKLIST_STEPS,
     TERMINAL_STEPS,
@@ -49,14 +44,13 @@ from journey.steps import (
 )
 from journey.steps import Event as JourneyEvent
 from journey.store import CaseStore
-from sandbox.redis_server import RedisServer, free_port
-from sandbox.telegram_emulator import EmulatorClient, RateLimits, start_emulator
+from sandbox.telegram_emulator import EmulatorClient
 from sandbox.telegram_emulator.limits import (
     MAX_CALLBACK_DATA_BYTES,
     MAX_CAPTION_LENGTH,
     MAX_MESSAGE_TEXT_LENGTH,
 )
-from tests.test_bot_conversation import SERVICE_TOKEN, WAIT_SECONDS, bot_settings
+from tests.test_bot_conversation import WAIT_SECONDS
 
 _user_ids = itertools.count(60_000)
 
@@ -103,104 +97,6 @@ SCOPES = [
 ]
 
 _PART_ALPHABET = string.ascii_letters + string.digits + "_"
-
-
-# Module-wide components.
-
-
-@pytest.fixture(autouse=True, scope="module")
-def strict_translations_module() -> Iterator[None]:
-    set_strict(True)
-    yield
-    set_strict(False)
-
-
-@pytest.fixture(scope="module")
-async def module_redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url, decode_responses=True)
-    await client.flushdb()
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture(scope="module")
-def module_registry() -> MunicipalityRegistry:
-    return MunicipalityRegistry(
-        [
-            Municipality(
-                code="GM0193",
-                name="Zwolle",
-                participates=True,
-                # Nothing listens here; the delivery worker does not run.
-                webhook_url=f"http://127.0.0.1:{free_port()}/webhook",
-                signing_secret="whsec_" + "b3" * 22,
-                key_id="zwolle-test",
-                public_key_text=generate_key_pair().public_key,
-            ),
-            Municipality(code="GM0518", name="'s-Gravenhage", participates=False),
-        ]
-    )
-
-
-@pytest.fixture(scope="module")
-async def module_emulator() -> AsyncIterator[str]:
-    runner, base_url = await start_emulator(
-        "127.0.0.1", 0, rate_limits=RateLimits.disabled()
-    )
-    yield base_url
-    await runner.cleanup()
-
-
-@pytest.fixture(scope="module")
-async def module_service(
-    module_redis: Redis,
-    module_registry: MunicipalityRegistry,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[str]:
-    from pairing_service import app as app_module
-    from pairing_service import config
-
-    port = free_port()
-    service_settings = config.Settings(
-        service_token=SERVICE_TOKEN,
-        public_base_url=f"http://127.0.0.1:{port}",
-        bot_username="gv_test_bot",
-        registry_path=Path(tmp_path_factory.mktemp("registry")) / "unused.json",
-        host="127.0.0.1",
-        port=port,
-    )
-    application = app_module.create_app(
-        service_settings,
-        redis=module_redis,
-        registry=module_registry,
-        start_worker=False,
-    )
-    runner = web.AppRunner(application)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
-
-
-@pytest.fixture(scope="module")
-async def application(
-    module_emulator: str,
-    module_redis: Redis,
-    redis_server: RedisServer,
-    module_registry: MunicipalityRegistry,
-    module_service: str,
-) -> AsyncIterator[BotApplication]:
-    bot_config = bot_settings(module_emulator, redis_server.url, module_service)
-    async with running_bot(
-        bot_config, redis=module_redis, registry=module_registry
-    ) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def emulator_client(module_emulator: str) -> AsyncIterator[EmulatorClient]:
-    async with EmulatorClient(module_emulator) as client:
-        yield client
 
 
 class ErrorRecords(logging.Handler):
