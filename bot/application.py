@@ -106,10 +106,11 @@ def build_application(
         .token(settings.telegram_token)
         .base_url(settings.api_base_url)
         .base_file_url(settings.file_base_url)
-        # NOTE: AIORateLimiter enforces the overall and per-group limits only;
-        # Telegram's one-message-a-second advice for a single chat is not
-        # enforced. A reply here is one or two messages, well within bursts
-        # Telegram accepts.
+        # TODO: replace AIORateLimiter with bot.telegram_limits.SharedRateLimiter
+        # so that replicas and the reminder dispatcher share Telegram's limits
+        # through Redis. AIORateLimiter counts this process only and does not
+        # enforce one message a second per chat; a reply here is one or two
+        # messages, within the bursts Telegram accepts.
         .rate_limiter(
             AIORateLimiter(
                 max_retries=RATE_LIMIT_RETRIES,
