@@ -188,7 +188,11 @@ def bot_settings(stack: SandboxStack) -> BotSettings:
 async def main(arguments: argparse.Namespace) -> None:
     """Run both parts and print their figures."""
     limits = RateLimits() if arguments.telegram_limits else RateLimits.disabled()
-    async with running_stack(rate_limits=limits, start_bot=False) as stack:
+    # The pairing service runs in its own process, as in production, so it
+    # has a core of its own while this process plays 500 clients and the bot.
+    async with running_stack(
+        rate_limits=limits, start_bot=False, service_process=True
+    ) as stack:
         assert stack.emulator_url is not None
         async with running_bot(
             bot_settings(stack), redis=stack.redis, registry=stack.registry

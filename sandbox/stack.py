@@ -8,13 +8,16 @@ nothing of them is written outside the run's own temporary folder.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
 import logging
+import os
 import secrets
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -152,6 +155,7 @@ async def running_stack(
     rate_limits: RateLimits | None = None,
     start_bot: bool = True,
     access_log: bool = False,
+    service_process: bool = False,
 ) -> AsyncIterator[SandboxStack]:
     """Start the whole product and yield its addresses; stop it all on exit.
 
@@ -210,16 +214,13 @@ async def running_stack(
             port=listener.getsockname()[1],
             delivery_retry_schedule=(0.5, 1.0, 2.0),
         )
-        service_app = create_app(settings, redis=redis, registry=registry)
-        if access_log:
-            service_runner = web.AppRunner(
-                service_app, access_log_class=RouteAccessLogger
-            )
+        if service_process:
+            listener.close()
+            await _start_service_process(stack, settings)
         else:
-            service_runner = web.AppRunner(service_app, access_log=None)
-        await service_runner.setup()
-        await web.SockSite(service_runner, listener).start()
-        stack.push_async_callback(service_runner.cleanup)
+            await _start_service_in_loop(
+                stack, settings, redis, registry, listener, access_log=access_log
+            )
 
         sandbox = SandboxStack(
             redis_url=redis_url,
@@ -260,6 +261,90 @@ async def running_stack(
         logger.info("sandbox started service=%s emulator=%s", service_url, emulator_url)
         yield sandbox
     logger.info("sandbox stopped")
+
+
+async def _start_service_in_loop(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    redis: Redis,
+    registry: MunicipalityRegistry,
+    listener: socket.socket,
+    *,
+    access_log: bool,
+) -> None:
+    service_app = create_app(settings, redis=redis, registry=registry)
+    if access_log:
+        service_runner = web.AppRunner(service_app, access_log_class=RouteAccessLogger)
+    else:
+        service_runner = web.AppRunner(service_app, access_log=None)
+    await service_runner.setup()
+    await web.SockSite(service_runner, listener).start()
+    stack.push_async_callback(service_runner.cleanup)
+
+
+SERVICE_START_TIMEOUT_SECONDS = 30.0
+"""Time a pairing service process gets to answer ``/healthz``."""
+
+
+async def _start_service_process(
+    stack: contextlib.AsyncExitStack, settings: Settings
+) -> None:
+    # A separate process gives the service its own CPU core, which a load
+    # test on a small machine needs; it reads the same settings from its
+    # environment as in production.
+    environment = {
+        **os.environ,
+        "SERVICE_TOKEN": settings.service_token,
+        "PUBLIC_BASE_URL": settings.public_base_url,
+        "BOT_USERNAME": settings.bot_username,
+        "MUNICIPALITY_REGISTRY": str(settings.registry_path),
+        "REDIS_URL": settings.redis_url,
+        "HOST": settings.host,
+        "PORT": str(settings.port),
+        "DELIVERY_RETRY_SCHEDULE": ",".join(
+            str(delay) for delay in settings.delivery_retry_schedule
+        ),
+        "LOG_LEVEL": "WARNING",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pairing_service", env=environment
+    )
+    stack.push_async_callback(_stop_process, process)
+    await _wait_until_healthy(settings.public_base_url, process)
+
+
+async def _wait_until_healthy(
+    base_url: str, process: asyncio.subprocess.Process
+) -> None:
+    # The service binds its port after start-up, with no signal to the parent,
+    # so readiness is its health endpoint answering.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SERVICE_START_TIMEOUT_SECONDS
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if process.returncode is not None:
+                raise RuntimeError(
+                    f"pairing service exited with status {process.returncode}"
+                )
+            try:
+                async with session.get(f"{base_url}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            if loop.time() > deadline:
+                raise RuntimeError("pairing service did not become healthy in time")
+            await asyncio.sleep(0.05)
+
+
+async def _stop_process(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), timeout=10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 @dataclass
