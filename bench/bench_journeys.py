@@ -208,6 +208,8 @@ async def main(arguments: argparse.Namespace) -> None:
             )
             for name, message in journeys["first_error_messages"].items():  # type: ignore[attr-defined]
                 print(f"first {name}: {message}")
+            # TODO: after a 500-client part 1 this part failed once with an
+            # aiohttp TimeoutError (cause not traced); smaller runs pass.
             ours = [
                 await updates_per_second(stack.emulator_url, arguments.updates)
                 for _ in range(arguments.rounds)
