@@ -67,6 +67,11 @@ second for the bot, so it runs in about two seconds instead of two minutes.
 The emulator enforces 20 per 0.8 s, a quarter looser, so network jitter
 between the bot's clock and the emulator's never turns a send that fits the
 bot's window into a 429."""
+MIN_PACED_SPAN_SECONDS = 0.5
+"""Least time any 21 group sends may span at the emulator. The bot paces them
+over a 1 s window; the emulator stamps each call when it arrives, and on a
+loaded machine one late stamp shortened a span to 0.79 s. An unpaced burst
+spans a few milliseconds, so half the window still proves the pacing."""
 
 Event = dict[str, Any]
 
@@ -471,7 +476,7 @@ async def test_burst_reaches_topic_in_order(redis: Redis, redis_server: Any) -> 
     assert all(call["ok"] for call in calls)
     times = [call["clock"] for call in calls]
     for first, later in zip(times, times[TEST_GROUP_MAX:], strict=False):
-        assert later - first >= EMULATOR_GROUP_WINDOW
+        assert later - first >= MIN_PACED_SPAN_SECONDS
 
 
 # Without a support group, outside the hours, nobody in time, no rights.
