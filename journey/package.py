@@ -123,18 +123,12 @@ def decode_public_key(text: str, suite: SuiteName) -> PublicKey:
     Raises:
         InvalidKey: the bytes have the wrong length for ``suite``.
     """
-    raw = _unb64(text)
     if suite is SuiteName.X25519:
-        if len(raw) != _X25519_BYTES:
-            raise InvalidKey(
-                f"an X25519 public key is {_X25519_BYTES} bytes, got {len(raw)}"
-            )
+        raw = _decode_exact(text, _X25519_BYTES, "an X25519 public key")
         return x25519.X25519PublicKey.from_public_bytes(raw)
-    expected = _MLKEM768_PUBLIC_BYTES + _X25519_BYTES
-    if len(raw) != expected:
-        raise InvalidKey(
-            f"an MLKEM768_X25519 public key is {expected} bytes, got {len(raw)}"
-        )
+    raw = _decode_exact(
+        text, _MLKEM768_PUBLIC_BYTES + _X25519_BYTES, "an MLKEM768_X25519 public key"
+    )
     return hpke.MLKEM768X25519PublicKey(
         mlkem.MLKEM768PublicKey.from_public_bytes(raw[:_MLKEM768_PUBLIC_BYTES]),
         x25519.X25519PublicKey.from_public_bytes(raw[_MLKEM768_PUBLIC_BYTES:]),
@@ -147,22 +141,23 @@ def decode_private_key(text: str, suite: SuiteName) -> PrivateKey:
     Raises:
         InvalidKey: the bytes have the wrong length for ``suite``.
     """
-    raw = _unb64(text)
     if suite is SuiteName.X25519:
-        if len(raw) != _X25519_BYTES:
-            raise InvalidKey(
-                f"an X25519 private key is {_X25519_BYTES} bytes, got {len(raw)}"
-            )
+        raw = _decode_exact(text, _X25519_BYTES, "an X25519 private key")
         return x25519.X25519PrivateKey.from_private_bytes(raw)
-    expected = _MLKEM768_SEED_BYTES + _X25519_BYTES
-    if len(raw) != expected:
-        raise InvalidKey(
-            f"an MLKEM768_X25519 private key is {expected} bytes, got {len(raw)}"
-        )
+    raw = _decode_exact(
+        text, _MLKEM768_SEED_BYTES + _X25519_BYTES, "an MLKEM768_X25519 private key"
+    )
     return hpke.MLKEM768X25519PrivateKey(
         mlkem.MLKEM768PrivateKey.from_seed_bytes(raw[:_MLKEM768_SEED_BYTES]),
         x25519.X25519PrivateKey.from_private_bytes(raw[_MLKEM768_SEED_BYTES:]),
     )
+
+
+def _decode_exact(text: str, length: int, what: str) -> bytes:
+    raw = _unb64(text)
+    if len(raw) != length:
+        raise InvalidKey(f"{what} is {length} bytes, got {len(raw)}")
+    return raw
 
 
 @dataclass(frozen=True, slots=True)

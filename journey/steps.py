@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 
 class Step(enum.StrEnum):
-    """Where a case is in the journey."""
+    """The position of a case in the journey."""
 
     INVITED = "invited"
     """The case and its invitation exist; no chat is linked yet."""
     INFO = "info"
-    """The client opened the link and sees what the journey is."""
+    """The client opened the link and reads what the journey is."""
     CHECK_DIGID = "check_digid"
     CHECK_SMS = "check_sms"
     CHECK_MIJNOVERHEID = "check_mijnoverheid"
@@ -26,7 +26,7 @@ class Step(enum.StrEnum):
     PARTNER_CHECK_DIGID = "partner_check_digid"
     PARTNER_CHECK_SMS = "partner_check_sms"
     APP = "app"
-    """The client installs the Ockto app or says they have it."""
+    """The client installs the Ockto app or confirms having it."""
     QR = "qr"
     """A pairing code is issued and waits for the app to claim it."""
     FETCHING = "fetching"

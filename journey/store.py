@@ -94,7 +94,7 @@ TOMBSTONE_FIELDS: tuple[str, ...] = (
     "delivery_id",
     "package_digest",
 )
-"""What a tombstone keeps: enough to stop reminders and duplicate deliveries."""
+"""The fields a tombstone keeps: enough to stop reminders and duplicate deliveries."""
 
 assert PERSONAL_FIELDS.isdisjoint(TOMBSTONE_FIELDS)
 

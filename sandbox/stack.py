@@ -283,15 +283,15 @@ async def _start_service_in_loop(
 
 
 SERVICE_START_TIMEOUT_SECONDS = 30.0
-"""Time a pairing service process gets to answer ``/healthz``."""
+"""Time a pairing service process gets before ``/healthz`` must return 200."""
 
 
 async def _start_service_process(
     stack: contextlib.AsyncExitStack, settings: Settings
 ) -> None:
     # A separate process gives the service its own CPU core, which a load
-    # test on a small machine needs; it reads the same settings from its
-    # environment as in production.
+    # test on a small machine needs. It reads its settings from the
+    # environment, as in production.
     environment = {
         **os.environ,
         "SERVICE_TOKEN": settings.service_token,
@@ -317,7 +317,7 @@ async def _wait_until_healthy(
     base_url: str, process: asyncio.subprocess.Process
 ) -> None:
     # The service binds its port after start-up, with no signal to the parent,
-    # so readiness is its health endpoint answering.
+    # so readiness is its health endpoint returning 200.
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SERVICE_START_TIMEOUT_SECONDS
     async with aiohttp.ClientSession() as session:
