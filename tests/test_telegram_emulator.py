@@ -913,27 +913,88 @@ async def test_webhook_delivery_retries_with_secret(emulator: Emulator) -> None:
 
 
 class ObservedNotifier(Notifier):
-    """A Notifier that sets ``waiting`` when a coroutine starts waiting on it."""
+    """A Notifier that sets ``waiting`` when a coroutine starts waiting on it.
+
+    ``wakeups`` counts the waits that ended with a notify.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.waiting = asyncio.Event()
+        self.wakeups = 0
 
     async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109
         self.waiting.set()
-        return await super().wait(timeout)
+        woken = await super().wait(timeout)
+        self.wakeups += woken
+        return woken
+
+
+async def waiting_long_poll(
+    emulator: Emulator, user_id: int = USER
+) -> tuple[ObservedNotifier, asyncio.Task[dict[str, Any]]]:
+    """Start an event long poll of ``user_id`` and return once it waits."""
+    waiting = ObservedNotifier()
+    emulator.state.chat_events_changed[user_id] = waiting
+    poll = asyncio.create_task(emulator.client.next_event(user_id, timeout=10))
+    await asyncio.wait_for(waiting.waiting.wait(), timeout=5)
+    return waiting, poll
 
 
 async def test_event_long_poll_wakes_without_sleeping(emulator: Emulator) -> None:
     await emulator.started_user()
-    waiting = ObservedNotifier()
-    emulator.state.events_changed = waiting
-    next_event = asyncio.create_task(emulator.client.next_event(USER, timeout=10))
-    await asyncio.wait_for(waiting.waiting.wait(), timeout=5)
+    _waiting, next_event = await waiting_long_poll(emulator)
     await emulator.bot.send_message(USER, "Nieuw bericht")
     event = await asyncio.wait_for(next_event, timeout=5)
     assert event["kind"] == "sent"
     assert event["message"]["text"] == "Nieuw bericht"
+
+
+async def test_event_wakes_only_its_own_chat(emulator: Emulator) -> None:
+    other_user = USER + 1
+    await emulator.started_user()
+    await emulator.started_user(other_user)
+    waiting, poll = await waiting_long_poll(emulator)
+    other_waiting, other_poll = await waiting_long_poll(emulator, other_user)
+
+    await emulator.bot.send_message(other_user, "Alleen voor de ander")
+    event = await asyncio.wait_for(other_poll, timeout=5)
+    poll_done = poll.done()
+    poll.cancel()
+
+    assert event["message"]["text"] == "Alleen voor de ander"
+    assert other_waiting.wakeups == 1
+    assert waiting.wakeups == 0
+    assert not poll_done
+
+
+async def test_events_after_skips_other_chats(emulator: Emulator) -> None:
+    state = emulator.state
+    for number in range(3):
+        state.record_event(USER, "sent", {"number": number})
+        state.record_event(USER + 1, "sent", {"number": number})
+    first = state.events_after(USER, 0)[0]
+
+    later = state.events_after(USER, first.seq)
+
+    assert [event.data["number"] for event in later] == [1, 2]
+    assert {event.chat_id for event in later} == {USER}
+    assert state.events_after(USER, later[-1].seq) == []
+    assert state.events_after(USER + 2, 0) == []
+
+
+async def test_reset_wakes_event_long_poll(emulator: Emulator) -> None:
+    await emulator.started_user()
+    waiting, poll = await waiting_long_poll(emulator)
+
+    emulator.state.reset()
+    # The reset drops the chat's notifier, so only a poll that the reset woke
+    # and that waits again on a new notifier receives this event.
+    emulator.state.record_event(USER, "sent", {"after": "reset"})
+    event = await asyncio.wait_for(poll, timeout=5)
+
+    assert waiting.wakeups == 1
+    assert event["after"] == "reset"
 
 
 async def test_next_event_times_out_with_clear_message(emulator: Emulator) -> None:

@@ -85,7 +85,7 @@ async def _wake_waiters(app: web.Application) -> None:
     state = app[STATE_KEY]
     state.closing = True
     state.updates_changed.notify()
-    state.events_changed.notify()
+    state.wake_event_waiters()
     state.webhook_changed.notify()
 
 

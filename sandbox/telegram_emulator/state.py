@@ -7,6 +7,7 @@ receives the updates queued after the reset.
 """
 
 import asyncio
+import bisect
 import itertools
 import secrets
 import time
@@ -328,7 +329,11 @@ class EmulatorState:
         self.clock = clock
         self.rate_limiter = RateLimiter(config.rate_limits, clock)
         self.updates_changed = Notifier()
+        # Fires on every event in any chat, for observers in the same process.
         self.events_changed = Notifier()
+        # One notifier per chat, so that an event wakes only the long polls of
+        # its own chat and not those of every other chat.
+        self.chat_events_changed: dict[int, Notifier] = {}
         self.webhook_changed = Notifier()
         self.closing = False
         self.bot_id = DEFAULT_BOT_ID
@@ -344,7 +349,9 @@ class EmulatorState:
         self.chats: dict[int, Chat] = {}
         self.updates: list[PendingUpdate] = []
         self.allowed_updates: frozenset[str] | None = None
-        self.events: list[ChatEvent] = []
+        # Events by chat, each list in ascending seq order, so that a long poll
+        # reads its own chat's events without scanning every other chat's.
+        self.events_by_chat: dict[int, list[ChatEvent]] = {}
         self.files: dict[str, StoredFile] = {}
         self.files_by_path: dict[str, StoredFile] = {}
         # file_id of any size of a photo -> every PhotoSize of that photo.
@@ -362,7 +369,7 @@ class EmulatorState:
         self._clear()
         self.rate_limiter.reset()
         self.updates_changed.notify()
-        self.events_changed.notify()
+        self.wake_event_waiters()
         self.webhook_changed.notify()
 
     # Identities
@@ -530,19 +537,37 @@ class EmulatorState:
     # Events
 
     def record_event(self, chat_id: int, kind: str, data: dict[str, Any]) -> ChatEvent:
-        """Record what the bot did in ``chat_id`` and wake the event long polls."""
+        """Record what the bot did in ``chat_id`` and wake that chat's long polls."""
         event = ChatEvent(next(self._event_seqs), chat_id, kind, data, self.clock())
-        self.events.append(event)
+        self.events_by_chat.setdefault(chat_id, []).append(event)
+        notifier = self.chat_events_changed.get(chat_id)
+        if notifier is not None:
+            notifier.notify()
         self.events_changed.notify()
         return event
 
     def events_after(self, chat_id: int, seq: int) -> list[ChatEvent]:
         """Return the events of ``chat_id`` with a sequence number above ``seq``."""
-        return [
-            event
-            for event in self.events
-            if event.chat_id == chat_id and event.seq > seq
-        ]
+        chat_events = self.events_by_chat.get(chat_id, [])
+        start = bisect.bisect_right(chat_events, seq, key=lambda event: event.seq)
+        return chat_events[start:]
+
+    async def wait_for_chat_event(self, chat_id: int, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait up to ``timeout`` seconds for the next event of ``chat_id``.
+
+        Returns True when notified. A reset and the emulator's shutdown also end
+        the wait with True, so the caller reads the state again.
+        """
+        notifier = self.chat_events_changed.setdefault(chat_id, Notifier())
+        return await notifier.wait(timeout)
+
+    def wake_event_waiters(self) -> None:
+        """Wake every event waiter of every chat, as on a reset or a shutdown."""
+        notifiers = list(self.chat_events_changed.values())
+        self.chat_events_changed.clear()
+        for notifier in notifiers:
+            notifier.notify()
+        self.events_changed.notify()
 
     # Files
 

@@ -175,7 +175,7 @@ async def _events(request: web.Request, state: EmulatorState) -> web.Response:
         remaining = deadline - loop.time()
         if remaining <= 0:
             break
-        await state.events_changed.wait(remaining)
+        await state.wait_for_chat_event(chat_id, remaining)
         events = state.events_after(chat_id, after)
 
     last_seq = events[-1].seq if events else after
