@@ -52,6 +52,15 @@ class ServiceEvent:
     stream_id: str = ""
 
 
+def encode_event(event_type: EventType, case_id: str, **data: Any) -> dict[str, str]:
+    """Return the stream fields of one event, as ``EventStream.read`` decodes them."""
+    return {
+        "type": event_type.value,
+        "case_id": case_id,
+        "data": json.dumps(data, separators=(",", ":")),
+    }
+
+
 class EventStream:
     """Publishes and consumes service events."""
 
@@ -75,18 +84,18 @@ class EventStream:
         result of refreshing the TTL. In a pipeline without a transaction
         another client may write between the two, which does no harm here.
         """
-        fields: dict[Any, Any] = {
-            "type": event_type.value,
-            "case_id": case_id,
-            "data": json.dumps(data, separators=(",", ":")),
-        }
         pipe.xadd(
             self._stream,
-            fields,
+            encode_event(event_type, case_id, **data),
             maxlen=keys.EVENT_STREAM_MAX_LENGTH,
             approximate=True,
         )
         pipe.expire(self._stream, keys.EVENT_STREAM_TTL_SECONDS)
+
+    @property
+    def stream_key(self) -> str:
+        """The Redis key of the stream, for a Lua script that appends to it."""
+        return self._stream
 
     async def ensure_group(self, group: str = BOT_GROUP) -> None:
         """Create the consumer group (and the stream) if it does not exist yet."""

@@ -1,25 +1,28 @@
 """Claiming a pairing: the app presents the QR code or the typed code.
 
-A QR claim counts the address in its rate-limit window, then runs one Lua
-script on the case's hash slot: it checks the code, moves the case from ``qr``
-to ``fetching`` and opens the app session. Of two simultaneous claims exactly
-one succeeds. ``pairing_claimed`` is published after the script. A typed claim
-first resolves the code's selector to a case (one more round trip, which also
-counts the address and checks the global limit of wrong typed codes), then
-runs the same script.
+A QR claim runs one Lua script on the case's hash slot: it checks the code,
+moves the case from ``qr`` to ``fetching`` and opens the app session. Of two
+simultaneous claims exactly one succeeds. A typed claim first resolves the
+code's selector to a case (one more round trip, which also counts the address
+and checks the global limit of wrong typed codes), then runs the same script.
 
-The rate counters and the event stream live in other hash slots than the case,
-so they get calls of their own: Redis Cluster rejects a script whose keys span
-slots (CROSSSLOT).
+The address counter and the event stream live in other hash slots than the
+case. On one Redis server the script also counts the address before it checks
+the code, and it appends ``pairing_claimed`` to the stream after the claim. A
+QR claim is then one round trip, and the event is written together with the
+claim or not at all. Redis Cluster rejects a script whose keys span slots (CROSSSLOT), so
+there the counter and the event get calls of their own, before and after the
+script.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from string import Template
 
 from journey import keys
-from journey.events import EventType
+from journey.events import EventType, encode_event
 from journey.steps import Event, Step, next_step
 from journey.tokens import MalformedToken, Token, case_reference, new_token, parse_token
 from pairing_service.errors import ApiError
@@ -46,6 +49,10 @@ or two."""
 CLAIM_FAILURE_WINDOW_SECONDS = keys.PAIRING_TTL_SECONDS
 """The failure counter lasts as long as a code, so a locked case unlocks when
 the client would need a new code anyway."""
+
+# A counter lives two windows, so it outlasts its own window under any skew
+# between the service's clock and Redis's.
+_COUNTER_TTL_SECONDS = 2 * CLAIM_WINDOW_SECONDS
 
 # Compares two strings in time that depends only on their length. Both are
 # hex digests of equal length, so the time reveals nothing about either.
@@ -106,13 +113,16 @@ return count(KEYS[1], tonumber(ARGV[1]))
 """
 )
 
-# Every key is in the case's hash slot: KEYS[1] pairing hash, KEYS[2] case
-# hash, KEYS[3] app session hash, KEYS[4] QR failure counter of the case.
+# KEYS[1] to KEYS[4] are in the case's hash slot: the pairing hash, the case
+# hash, the app session hash and the QR failure counter of the case. On one
+# Redis server the caller adds KEYS[5], the event stream, and for a QR claim
+# KEYS[6], the address counter of this window. On Redis Cluster it leaves both
+# out and makes those calls itself.
 # ARGV[1] 'qr' or 'typed', ARGV[2] digest of the presented secret, ARGV[3] now,
-# ARGV[4] step the case must be in, ARGV[5] step it moves to, ARGV[6] hash of
-# the new session token, ARGV[7] session TTL, ARGV[8] QR failure limit,
-# ARGV[9] QR failure window, ARGV[10] typed attempt limit, ARGV[11] selector
-# digest of a typed code.
+# ARGV[4] hash of the new session token, ARGV[5] selector digest of a typed
+# code, ARGV[6] address limit, ARGV[7] case id. The limits, steps and TTLs are
+# constants of the source (``$name`` below), so a claim sends only what
+# differs between claims.
 # Returns {'ok', version, has_partner, municipality_code, confirmation_code}
 # or {outcome}.
 #
@@ -120,15 +130,18 @@ return count(KEYS[1], tonumber(ARGV[1]))
 # typed verifier returns 'typed_wrong', which the caller counts in the global
 # counter and answers with the same 'unknown_code' as an unused selector, so a
 # guesser cannot tell which selectors are in use.
-_CLAIM = (
+_CLAIM_TEMPLATE = (
     _CONSTANT_TIME_EQUAL
     + """
+if KEYS[6] and count(KEYS[6], $counter_ttl) > tonumber(ARGV[6]) then
+  return {'rate_limited'}
+end
 local typed = ARGV[1] == 'typed'
 local pairing = redis.call('HMGET', KEYS[1], 'code_hash', 'status', 'expires_at',
   'confirmation_code', 'typed_hash', 'typed_index', 'typed_failures')
 if typed then
-  if not same(pairing[6], ARGV[11]) then return {'unknown_code'} end
-  if tonumber(pairing[7] or '0') >= tonumber(ARGV[10]) then
+  if not same(pairing[6], ARGV[5]) then return {'unknown_code'} end
+  if tonumber(pairing[7] or '0') >= $typed_limit then
     return {'code_locked'}
   end
   if not same(pairing[5], ARGV[2]) then
@@ -137,9 +150,9 @@ if typed then
   end
 else
   local failures = tonumber(redis.call('GET', KEYS[4]) or '0')
-  if failures >= tonumber(ARGV[8]) then return {'case_limited'} end
+  if failures >= $failure_limit then return {'case_limited'} end
   if not same(pairing[1], ARGV[2]) then
-    if pairing[1] then count(KEYS[4], tonumber(ARGV[9])) end
+    if pairing[1] then count(KEYS[4], $failure_window) end
     return {'unknown_code'}
   end
 end
@@ -148,15 +161,59 @@ if tonumber(pairing[3]) <= tonumber(ARGV[3]) then return {'code_expired'} end
 local case = redis.call('HMGET', KEYS[2], 'step', 'tombstone', 'has_partner',
   'municipality_code')
 if not case[1] or case[2] == '1' then return {'unknown_code'} end
-if case[1] ~= ARGV[4] then return {'case_not_pairable'} end
+if case[1] ~= $from_step then return {'case_not_pairable'} end
 redis.call('HSET', KEYS[1], 'status', 'claimed', 'claimed_at', ARGV[3])
-redis.call('HSET', KEYS[2], 'step', ARGV[5])
+redis.call('HSET', KEYS[2], 'step', $to_step)
 local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
 redis.call('DEL', KEYS[3])
-redis.call('HSET', KEYS[3], 'token_hash', ARGV[6], 'created_at', ARGV[3])
-redis.call('EXPIRE', KEYS[3], tonumber(ARGV[7]))
+redis.call('HSET', KEYS[3], 'token_hash', ARGV[4], 'created_at', ARGV[3])
+redis.call('EXPIRE', KEYS[3], $session_ttl)
+if KEYS[5] then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', $stream_length, '*', $event_fields)
+  redis.call('EXPIRE', KEYS[5], $stream_ttl)
+end
 return {'ok', tostring(version), case[3] or '', case[4] or '', pairing[4] or ''}
 """
+)
+
+_CLAIM_TARGET = next_step(Step.QR, Event.PAIRING_CLAIMED)
+
+# A placeholder for the case id, which the script takes from ARGV[7]. The
+# other fields of the event are the same for every claim.
+_CASE_ID_ARGUMENT = "\0case-id\0"
+
+
+def _lua_string(value: str) -> str:
+    """Quote ``value`` as a Lua string literal."""
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+def _event_fields() -> str:
+    fields = encode_event(
+        EventType.PAIRING_CLAIMED, _CASE_ID_ARGUMENT, step=_CLAIM_TARGET.value
+    )
+    return ", ".join(
+        item
+        for name, value in fields.items()
+        for item in (
+            _lua_string(name),
+            "ARGV[7]" if value == _CASE_ID_ARGUMENT else _lua_string(value),
+        )
+    )
+
+
+_CLAIM = Template(_CLAIM_TEMPLATE).substitute(
+    counter_ttl=_COUNTER_TTL_SECONDS,
+    typed_limit=MAX_TYPED_ATTEMPTS,
+    failure_limit=MAX_CLAIM_FAILURES_PER_CASE,
+    failure_window=CLAIM_FAILURE_WINDOW_SECONDS,
+    from_step=_lua_string(Step.QR.value),
+    to_step=_lua_string(_CLAIM_TARGET.value),
+    session_ttl=keys.APP_SESSION_TTL_SECONDS,
+    stream_length=keys.EVENT_STREAM_MAX_LENGTH,
+    stream_ttl=keys.EVENT_STREAM_TTL_SECONDS,
+    event_fields=_event_fields(),
 )
 
 _CLAIM_ERRORS: dict[str, tuple[int, str]] = {
@@ -206,11 +263,6 @@ class _Window:
 
     def typed_failures_key(self) -> str:
         return keys.rate_limit("typed-failures", f"all-{self.index}")
-
-
-# A counter lives two windows, so it outlasts its own window under any skew
-# between the service's clock and Redis's.
-_COUNTER_TTL_SECONDS = 2 * CLAIM_WINDOW_SECONDS
 
 
 async def claim_code(
@@ -321,9 +373,18 @@ async def _run_claim(
     window: _Window,
 ) -> ClaimedPairing:
     session = new_token(case_id)
-    target = next_step(Step.QR, Event.PAIRING_CLAIMED)
-    count = services.script(_COUNT)
-    if address_limit > 0:
+    script_keys = [
+        keys.pairing(case_id),
+        keys.case(case_id),
+        keys.app_session(case_id),
+        keys.claim_failures(case_id),
+    ]
+    if services.single_server:
+        script_keys.append(services.events.stream_key)
+        if address_limit > 0:
+            script_keys.append(address_key)
+    elif address_limit > 0:
+        count = services.script(_COUNT)
         counted = await count(keys=[address_key], args=[_COUNTER_TTL_SECONDS])
         if int(counted) > address_limit:
             logger.info(
@@ -335,30 +396,23 @@ async def _run_claim(
 
     claim = services.script(_CLAIM)
     result = await claim(
-        keys=[
-            keys.pairing(case_id),
-            keys.case(case_id),
-            keys.app_session(case_id),
-            keys.claim_failures(case_id),
-        ],
+        keys=script_keys,
         args=[
             kind,
             digest,
             services.clock(),
-            Step.QR.value,
-            target.value,
             session.secret_hash,
-            keys.APP_SESSION_TTL_SECONDS,
-            MAX_CLAIM_FAILURES_PER_CASE,
-            CLAIM_FAILURE_WINDOW_SECONDS,
-            MAX_TYPED_ATTEMPTS,
             selector,
+            address_limit,
+            case_id,
         ],
     )
 
     outcome = str(result[0])
     if outcome == "typed_wrong":
-        await count(keys=[window.typed_failures_key()], args=[_COUNTER_TTL_SECONDS])
+        await services.script(_COUNT)(
+            keys=[window.typed_failures_key()], args=[_COUNTER_TTL_SECONDS]
+        )
         outcome = "unknown_code"
     reference = case_reference(case_id)
     if outcome != "ok":
@@ -379,10 +433,13 @@ async def _run_claim(
         raise ApiError(status, outcome, message)
 
     _version, has_partner, municipality_code, confirmation = result[1:5]
-    # NOTE: a service that dies between the script and this publish leaves the
-    # case in fetching without the "paired" message; the app's first progress
-    # event still reaches the chat.
-    await services.events.publish(EventType.PAIRING_CLAIMED, case_id, step=target.value)
+    if not services.single_server:
+        # NOTE: on Redis Cluster a service that dies between the script and
+        # this publish leaves the case in fetching without the "paired"
+        # message. The app's first progress event still reaches the chat.
+        await services.events.publish(
+            EventType.PAIRING_CLAIMED, case_id, step=_CLAIM_TARGET.value
+        )
     logger.info("pairing claimed case=%s kind=%s", reference, kind)
     return ClaimedPairing(
         case_id=case_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 
 from journey.clock import Clock
@@ -28,6 +28,9 @@ class Services:
     clock: Clock
     typed_code_key: bytes = b""
     """HMAC key of typed codes (see ``pairing_service.typed_codes``)."""
+    single_server: bool = True
+    """Whether ``redis`` is one server, where a Lua script may touch keys of
+    several hash slots; False for Redis Cluster."""
     _scripts: dict[str, AsyncScript] = field(default_factory=dict, repr=False)
 
     def script(self, source: str) -> AsyncScript:
@@ -61,6 +64,7 @@ class Services:
             typed_code_key=derive_key(
                 settings.service_token, settings.typed_code_secret
             ),
+            single_server=not isinstance(redis, RedisCluster),
         )
 
 

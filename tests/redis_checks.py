@@ -44,12 +44,29 @@ class CommandRecorder:
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.from_scripts: list[bool] = []
         self._added = asyncio.Event()
 
-    def add(self, line: str) -> None:
-        """Record one command line."""
+    def add(self, line: str, *, from_script: bool = False) -> None:
+        """Record one command line; ``from_script`` for one a Lua script ran."""
         self.lines.append(line)
+        self.from_scripts.append(from_script)
         self._added.set()
+
+    def client_commands_between(self, start: str, end: str) -> list[str]:
+        """Return the commands clients sent after the line with ``start`` and
+        before the line with ``end``, without those a Lua script ran."""
+        first = next(i for i, line in enumerate(self.lines) if start in line)
+        last = next(i for i, line in enumerate(self.lines) if end in line)
+        return [
+            line
+            for line, from_script in zip(
+                self.lines[first + 1 : last],
+                self.from_scripts[first + 1 : last],
+                strict=True,
+            )
+            if not from_script
+        ]
 
     async def wait_for(self, text: str, *, after: int = 0) -> None:
         """Wait until a line recorded at index ``after`` or later contains ``text``.
@@ -78,7 +95,10 @@ async def monitor_commands(url: str) -> AsyncIterator[CommandRecorder]:
         async with client.monitor() as monitor:
             started.set()
             async for entry in monitor.listen():
-                recorder.add(str(entry.get("command", "")))
+                recorder.add(
+                    str(entry.get("command", "")),
+                    from_script=entry.get("client_type") == "lua",
+                )
 
     task = asyncio.create_task(record())
     await started.wait()

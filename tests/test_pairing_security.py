@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from journey import keys
 from journey.clock import Clock, system_clock
+from journey.events import EventType
 from journey.package import KeyPair, generate_key_pair
 from journey.steps import Step
 from journey.store import CaseStore
@@ -26,7 +27,8 @@ from pairing_service.claims import CLAIM_FAILURE_WINDOW_SECONDS, CLAIM_WINDOW_SE
 from pairing_service.config import DEFAULT_CLAIMS_PER_ADDRESS, Settings
 from pairing_service.typed_codes import ALPHABET, MAX_TYPED_ATTEMPTS
 from sandbox.app_simulator import AppApiError
-from sandbox.redis_server import free_port
+from sandbox.redis_server import RedisServer, free_port
+from tests.redis_checks import monitor_commands
 from tests.test_pairing_service import (
     PUBLIC_BASE_URL,
     SERVICE_TOKEN,
@@ -284,6 +286,55 @@ async def test_concurrent_typed_claims_one_wins(
     statuses = Counter(status for status, _body in results)
     assert statuses[200] == 1
     assert statuses[409] == 7
+
+
+async def test_qr_claim_is_one_redis_command(
+    redis_server: RedisServer, redis: Redis, key_pair: KeyPair
+) -> None:
+    async with serve(redis, key_pair) as service:
+        # The first claim loads the script into Redis (EVALSHA, SCRIPT LOAD,
+        # EVALSHA); every later one sends the EVALSHA alone.
+        _warm_case, warm_pairing = await paired_case(service)
+        assert (await claim_status(service, warm_pairing["app_link"].split("#")[1]))[
+            0
+        ] == 200
+        case_id, pairing = await paired_case(service)
+        code = pairing["app_link"].split("#")[1]
+        start, end = "START-" + secrets.token_hex(8), "END-" + secrets.token_hex(8)
+        async with monitor_commands(redis_server.url) as commands:
+            await redis.echo(start)
+            status, _body = await claim_status(service, code)
+            await redis.echo(end)
+            async with asyncio.timeout(10):
+                await commands.wait_for(end)
+        case = await service.store.get(case_id)
+        events = await events_of(redis, case_id)
+
+    sent = commands.client_commands_between(start, end)
+    # The QR page's notifier blocks on the stream and reads again after the
+    # claim's event; that read is not part of the claim.
+    claim_commands = [line for line in sent if not line.startswith("XREAD")]
+    assert status == 200
+    assert [line.split()[0] for line in claim_commands] == ["EVALSHA"]
+    assert case.step is Step.FETCHING
+    assert [event.type for event in events] == [EventType.PAIRING_CLAIMED]
+
+
+async def test_rate_limited_qr_claim_leaves_the_case_alone(
+    redis: Redis, key_pair: KeyPair
+) -> None:
+    async with serve(redis, key_pair, claims_per_address=2) as service:
+        case_id, pairing = await paired_case(service)
+        wrong = case_id + secrets.token_urlsafe(16)
+        first = [await claim_status(service, wrong) for _ in range(2)]
+        status, body = await claim_status(service, pairing["app_link"].split("#")[1])
+        case = await service.store.get(case_id)
+        events = await events_of(redis, case_id)
+
+    assert [code for code, _body in first] == [404, 404]
+    assert (status, body["code"]) == (429, "rate_limited")
+    assert case.step is Step.QR
+    assert events == []
 
 
 # --- rate limits ---------------------------------------------------------------

@@ -286,10 +286,15 @@ def moved_at_most_once(before: Step, after: Step, *, has_partner: bool) -> bool:
 
 
 def _failed_sends(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Removing the buttons of a message twice (a double tap: both callback
+    # queries carry the message with its buttons) is refused by Telegram as
+    # "message is not modified"; the bot expects that answer and goes on.
     return [
         call
         for call in calls
-        if not call["ok"] and 400 <= (call["error_code"] or 0) < 500
+        if not call["ok"]
+        and 400 <= (call["error_code"] or 0) < 500
+        and "message is not modified" not in (call.get("description") or "")
     ]
 
 
