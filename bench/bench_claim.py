@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -198,15 +199,18 @@ async def load(url: str, bodies: list[bytes], concurrency: int) -> tuple[float, 
     return len(bodies) / elapsed, ok
 
 
-async def run(rounds: int, requests: int, concurrency: int) -> dict[str, Any]:
+async def run(
+    rounds: int, requests: int, concurrency: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     redis_server = start_redis_server()
     registry = Path("/tmp") / f"gv-bench-registry-{free_port()}.json"
     registry.write_text(json.dumps(registry_document()), encoding="utf-8")
     ports = {kind: free_port() for kind in SERVERS}
-    processes = [
-        start_server(kind, port, redis_server.url, str(registry))
+    servers = {
+        kind: start_server(kind, port, redis_server.url, str(registry))
         for kind, port in ports.items()
-    ]
+    }
+    processes = list(servers.values())
     redis = Redis.from_url(redis_server.url, decode_responses=True)
     service_url = f"http://127.0.0.1:{ports['service']}"
     urls = {
@@ -215,6 +219,7 @@ async def run(rounds: int, requests: int, concurrency: int) -> dict[str, Any]:
         "service": f"{service_url}/app/v1/claim",
     }
     results: dict[str, list[float]] = {kind: [] for kind in SERVERS}
+    cpu: dict[str, list[float]] = {kind: [] for kind in SERVERS}
     try:
         await wait_until_up(f"{service_url}/healthz")
         await wait_until_up(urls["bare"])
@@ -227,7 +232,10 @@ async def run(rounds: int, requests: int, concurrency: int) -> dict[str, Any]:
             # machine's load during a round does not always hit the same one.
             shift = round_number % len(SERVERS)
             for kind in SERVERS[shift:] + SERVERS[:shift]:
+                cpu_before = process_cpu_seconds(servers[kind].pid)
                 rps, succeeded = await load(urls[kind], bodies, concurrency)
+                cpu_used = process_cpu_seconds(servers[kind].pid) - cpu_before
+                cpu[kind].append(cpu_used / requests * 1e6)
                 if kind == "service" and succeeded != requests:
                     raise RuntimeError(
                         f"only {succeeded} of {requests} claims succeeded"
@@ -246,7 +254,35 @@ async def run(rounds: int, requests: int, concurrency: int) -> dict[str, Any]:
             process.wait(timeout=10)
         redis_server.stop()
         registry.unlink(missing_ok=True)
-    return results
+    return results, cpu
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """Return the user and system CPU time that process ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of the line, in clock ticks; the
+    # split above starts at field 3.
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def print_cpu_table(cpu: dict[str, list[float]]) -> None:
+    """Print the server CPU per request, which the machine's load hardly moves."""
+    print(
+        "| round | bare client (µs CPU per request) | service's client (µs) | "
+        "claim (µs) | bare / claim |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    rows = list(zip(cpu["bare"], cpu["client"], cpu["service"], strict=True))
+    for index, (bare, client, claim) in enumerate(rows, 1):
+        print(
+            f"| {index} | {bare:.0f} | {client:.0f} | {claim:.0f} "
+            f"| {bare / claim:.2f} |"
+        )
+    bare = statistics.median(cpu["bare"])
+    client = statistics.median(cpu["client"])
+    claim = statistics.median(cpu["service"])
+    print(f"| median | {bare:.0f} | {client:.0f} | {claim:.0f} | {bare / claim:.2f} |")
 
 
 def print_table(results: dict[str, list[float]]) -> None:
@@ -301,12 +337,14 @@ def main() -> None:
         serve_baseline(args.port, args.redis, service_client=args.serve == "client")
         return
 
-    results = asyncio.run(run(args.rounds, args.requests, args.concurrency))
+    results, cpu = asyncio.run(run(args.rounds, args.requests, args.concurrency))
     print(
         f"{args.rounds} rounds, {args.requests} requests each, concurrency "
         f"{args.concurrency} (goal: ratio >= 0.8)"
     )
     print_table(results)
+    print()
+    print_cpu_table(cpu)
 
 
 if __name__ == "__main__":
