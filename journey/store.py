@@ -9,7 +9,7 @@ machine once more with the new step.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -83,6 +83,17 @@ _DELETE_IF_EQUAL = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+_TOMBSTONE_KEYS = (
+    keys.case,
+    keys.pairing,
+    keys.app_session,
+    keys.package,
+    # A finished case gets no more reminders; its queued ones are dropped
+    # when they fall due and find the tombstone.
+    keys.reminder_state,
+)
+"""The keys of a case that ``_TOMBSTONE`` replaces or deletes, the case first."""
 
 TOMBSTONE_FIELDS: tuple[str, ...] = (
     "step",
@@ -394,52 +405,142 @@ class CaseStore:
             StaleCase: the case changed under every retry.
         """
         for _attempt in range(MAX_WRITE_ATTEMPTS):
-            if case.tombstone or (
-                expected_step is not None and case.step != expected_step
-            ):
-                raise TransitionRejected(case.step, event)
-            target = next_step(case.step, event, has_partner=bool(case.has_partner))
-            if target not in TERMINAL_STEPS:
-                raise ValueError(f"event {event} leads to {target}, not a final step")
-            values = self._tombstone_values(case, target)
+            values = self._final_values(case, event, expected_step)
             result = await self._write_tombstone(case, values)
             if result[0] == 1:
-                pipe = cleanup if cleanup is not None else self._redis.pipeline(False)
-                if case.chat_id is not None:
-                    pipe.eval(
-                        _DELETE_IF_EQUAL, 1, keys.chat(case.chat_id), case.case_id
-                    )
-                if case.pairing_page_id:
-                    pipe.delete(keys.pairing_page(case.pairing_page_id))
-                if cleanup is None:
-                    async with pipe:
-                        await pipe.execute()
-                logger.info("case closed case=%s outcome=%s", case.ref, target)
-                raw = encode_fields(values)
-                raw["version"] = str(result[1])
-                return Case.from_hash(case.case_id, raw)
+                if cleanup is not None:
+                    return self._closed_case(case, values, result[1], cleanup)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    finished = self._closed_case(case, values, result[1], pipe)
+                    await pipe.execute()
+                return finished
             if result[0] == -1:
                 raise CaseNotFound(case.case_id)
             case = await self.get(case.case_id)
         raise StaleCase(case.case_id)
 
+    async def finish_cases(
+        self,
+        cases: Sequence[Case],
+        event: Event,
+        *,
+        cleanup: Pipeline,
+        expected_step: Step | None = None,
+    ) -> list[Case | Exception]:
+        """Finish several cases as read, each as ``finish_case`` does.
+
+        The tombstone scripts of all cases go out in one pipeline. Each script
+        touches the keys of one case only, so the pipeline works on Redis
+        Cluster. A case that changed since it was read goes through
+        ``finish_case`` alone. The deletions of the index keys are queued on
+        ``cleanup``, which the caller executes.
+
+        Returns:
+            Per case, in order, its tombstone or the exception that
+            ``finish_case`` would raise for it (``CaseNotFound``,
+            ``TransitionRejected``, ``ValueError``, ``StaleCase``, or the
+            ``ResponseError`` of its script). A lost connection raises for all.
+        """
+        results: list[Case | Exception | None] = [None] * len(cases)
+        writes: list[tuple[int, Case, dict[str, Any]]] = []
+        for index, case in enumerate(cases):
+            try:
+                writes.append(
+                    (index, case, self._final_values(case, event, expected_step))
+                )
+            except (TransitionRejected, ValueError) as error:
+                results[index] = error
+
+        replies: list[Any] = []
+        if writes:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for _index, case, values in writes:
+                    # EVAL, not EVALSHA: a pipeline cannot load a missing
+                    # script and run the command again.
+                    case_keys = self._tombstone_keys(case)
+                    pipe.eval(
+                        _TOMBSTONE,
+                        len(case_keys),
+                        *case_keys,
+                        *self._tombstone_args(case, values),
+                    )
+                replies = await pipe.execute(raise_on_error=False)
+
+        for (index, case, values), reply in zip(writes, replies, strict=True):
+            if isinstance(reply, Exception):
+                results[index] = reply
+            elif reply[0] == 1:
+                results[index] = self._closed_case(case, values, reply[1], cleanup)
+            elif reply[0] == -1:
+                results[index] = CaseNotFound(case.case_id)
+            else:
+                results[index] = await self._finish_again(
+                    case.case_id, event, expected_step, cleanup
+                )
+        finished: list[Case | Exception] = []
+        for result in results:
+            assert result is not None, "every case has a result"
+            finished.append(result)
+        return finished
+
+    async def _finish_again(
+        self,
+        case_id: str,
+        event: Event,
+        expected_step: Step | None,
+        cleanup: Pipeline,
+    ) -> Case | Exception:
+        # A case that changed between its read and its tombstone script.
+        try:
+            case = await self.get(case_id)
+            return await self.finish_case(
+                case, event, expected_step=expected_step, cleanup=cleanup
+            )
+        except (CaseNotFound, TransitionRejected, ValueError, StaleCase) as error:
+            return error
+
+    def _final_values(
+        self, case: Case, event: Event, expected_step: Step | None
+    ) -> dict[str, Any]:
+        # The tombstone's fields, after checking that ``event`` finishes the
+        # case in the step it was read in.
+        if case.tombstone or (expected_step is not None and case.step != expected_step):
+            raise TransitionRejected(case.step, event)
+        target = next_step(case.step, event, has_partner=bool(case.has_partner))
+        if target not in TERMINAL_STEPS:
+            raise ValueError(f"event {event} leads to {target}, not a final step")
+        return self._tombstone_values(case, target)
+
+    def _closed_case(
+        self, case: Case, values: dict[str, Any], version: int, cleanup: Pipeline
+    ) -> Case:
+        # Queue the index deletions of a case whose tombstone was written and
+        # return the tombstone as written.
+        if case.chat_id is not None:
+            cleanup.eval(_DELETE_IF_EQUAL, 1, keys.chat(case.chat_id), case.case_id)
+        if case.pairing_page_id:
+            cleanup.delete(keys.pairing_page(case.pairing_page_id))
+        logger.info("case closed case=%s outcome=%s", case.ref, values["step"])
+        raw = encode_fields(values)
+        raw["version"] = str(version)
+        return Case.from_hash(case.case_id, raw)
+
     async def _write_tombstone(self, case: Case, values: dict[str, Any]) -> list[Any]:
         # Returns the tombstone script's reply: {1, version}, {0, version} on
         # a version conflict or {-1} when the case is gone.
-        pairs = [item for pair in encode_fields(values).items() for item in pair]
         result: list[Any] = await self._tombstone(
-            keys=[
-                keys.case(case.case_id),
-                keys.pairing(case.case_id),
-                keys.app_session(case.case_id),
-                keys.package(case.case_id),
-                # A finished case gets no more reminders; its queued ones
-                # are dropped when they fall due and find the tombstone.
-                keys.reminder_state(case.case_id),
-            ],
-            args=[case.version, keys.TOMBSTONE_TTL_SECONDS, *pairs],
+            keys=self._tombstone_keys(case), args=self._tombstone_args(case, values)
         )
         return result
+
+    @staticmethod
+    def _tombstone_keys(case: Case) -> list[str]:
+        return [key(case.case_id) for key in _TOMBSTONE_KEYS]
+
+    @staticmethod
+    def _tombstone_args(case: Case, values: dict[str, Any]) -> list[Any]:
+        pairs = [item for pair in encode_fields(values).items() for item in pair]
+        return [case.version, keys.TOMBSTONE_TTL_SECONDS, *pairs]
 
     def _tombstone_values(self, case: Case, step: Step) -> dict[str, Any]:
         return {

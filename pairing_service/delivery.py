@@ -13,7 +13,9 @@ enable-endpoint``) or the flag expires.
 
 The worker keeps no delivery state in memory: the schedule and the leases are
 in Redis (see ``pairing_service.deliveries``), so a restart loses nothing and
-any number of workers can run.
+any number of workers can run. Attempts that reach the same step at the same
+time share its Redis round trips (see ``pairing_service.batching``): the
+leases, the reads of cases and packages, and the bookkeeping after a 2xx.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from journey.model import Case
 from journey.municipalities import Municipality
 from journey.steps import Event, Step, TransitionRejected
 from pairing_service import metrics
+from pairing_service.batching import Coalescer
 from pairing_service.deliveries import (
     ABANDONED,
     DELIVERED,
@@ -71,6 +74,11 @@ INTAKE_BLOCK_MS = 2000
 REDIS_BACKOFF_SECONDS = 2.0
 """Pause after Redis could not be reached before the worker tries again."""
 
+BOOKKEEPING_SLOTS_PER_REQUEST = 1
+"""Attempts whose request has ended may wait for their bookkeeping in Redis
+while new requests go out, up to this many per request slot. So a slow Redis
+stops new leases instead of piling up finished attempts."""
+
 STOP_GRACE_SECONDS = 5.0
 """Time given to attempts in flight to finish when the worker stops. An attempt
 cut off after it keeps its lease and is retried by another worker."""
@@ -98,6 +106,26 @@ SupportNotifier = Callable[[FailedDelivery], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
+class _Inputs:
+    """The case, endpoint flag and package that an attempt reads before it sends."""
+
+    case: Case | None
+    disabled: dict[str, str] | None
+    """The disabled-endpoint flag of the record's municipality, or None."""
+    package: StoredPackage | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivered:
+    """A delivery whose receiver returned a 2xx status, waiting for its bookkeeping."""
+
+    record: DeliveryRecord
+    case: Case
+    finished_here: bool
+    """False when an earlier attempt wrote the tombstone and died before the close."""
+
+
+@dataclass(frozen=True, slots=True)
 class AttemptResult:
     """The outcome of one POST to a webhook."""
 
@@ -122,7 +150,9 @@ class DeliveryWorker:
             minutes of their own time.
         schedule: maximum delay in seconds before each retry.
         timeout_seconds: total time of one webhook request.
-        concurrency: attempts kept in flight at once.
+        concurrency: webhook requests kept in flight at once. An attempt
+            frees its slot when its request ends, before the bookkeeping
+            in Redis that follows.
         jitter: draws the delay below a schedule entry (full jitter by default).
         lease_seconds: how long one attempt may hold a delivery.
         notify_support: called for every delivery that failed for good, in
@@ -154,9 +184,21 @@ class DeliveryWorker:
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._wake = asyncio.Event()
         self._active: dict[str, asyncio.Task[None]] = {}
+        """Every attempt of this worker, by delivery id, until it ends."""
+        self._sending: set[str] = set()
+        """The attempts that hold a request slot: from the lease to the response."""
+        self._max_active = concurrency * (1 + BOOKKEEPING_SLOTS_PER_REQUEST)
         self._loops: list[asyncio.Task[None]] = []
         self._http: aiohttp.ClientSession | None = None
         self._group_ready = False
+        # Attempts that reach the same phase together share its round trips.
+        batch = max(1, concurrency)
+        self._inputs: Coalescer[DeliveryRecord, _Inputs] = Coalescer(
+            self._read_inputs, max_batch=batch, name="delivery-inputs"
+        )
+        self._delivered: Coalescer[_Delivered, None] = Coalescer(
+            self._close_delivered, max_batch=batch, name="delivery-delivered"
+        )
 
     @property
     def consumer(self) -> str:
@@ -193,6 +235,11 @@ class DeliveryWorker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        # A batch that an attempt left when it was cancelled still runs.
+        for coalescer in (self._inputs, self._delivered):
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(STOP_GRACE_SECONDS):
+                    await coalescer.drain()
 
         if self._http is not None:
             await self._http.close()
@@ -252,7 +299,7 @@ class DeliveryWorker:
     async def _dispatch_due(self) -> float:
         # Start an attempt for every due delivery this worker can lease, then
         # return how long to wait until the next one is due.
-        free = self._concurrency - len(self._active)
+        free = self._free_slots()
         if free <= 0:
             return IDLE_WAIT_SECONDS
         due, next_at = await self._queue.due_and_next(limit=free)
@@ -265,8 +312,9 @@ class DeliveryWorker:
         for record in leased:
             task = asyncio.create_task(self._run_attempt(record))
             self._active[record.delivery_id] = task
+            self._sending.add(record.delivery_id)
 
-        if len(self._active) >= self._concurrency:
+        if self._free_slots() <= 0:
             return IDLE_WAIT_SECONDS
         if len(leased) < len(due):
             # A due delivery was not leased and moved in the schedule, so the
@@ -276,6 +324,17 @@ class DeliveryWorker:
             return IDLE_WAIT_SECONDS
         until_due = next_at - self._services.clock()
         return min(IDLE_WAIT_SECONDS, max(MIN_WAIT_SECONDS, until_due))
+
+    def _free_slots(self) -> int:
+        return min(
+            self._concurrency - len(self._sending),
+            self._max_active - len(self._active),
+        )
+
+    def _release_slot(self, delivery_id: str) -> None:
+        if delivery_id in self._sending:
+            self._sending.discard(delivery_id)
+            self._wake.set()
 
     async def _run_attempt(self, record: DeliveryRecord) -> None:
         try:
@@ -291,11 +350,13 @@ class DeliveryWorker:
             )
         finally:
             self._active.pop(record.delivery_id, None)
+            self._sending.discard(record.delivery_id)
             self._wake.set()
 
     async def _attempt(self, record: DeliveryRecord) -> None:
         services = self._services
-        case, disabled, package = await self._read_inputs(record)
+        inputs = await self._inputs.submit(record)
+        case, disabled, package = inputs.case, inputs.disabled, inputs.package
         if case is None or case.delivery_id != record.delivery_id:
             await self._abandon(record, "case_gone")
             return
@@ -303,7 +364,7 @@ class DeliveryWorker:
         # A worker that died after finishing the case but before closing the
         # record left this; complete the bookkeeping without sending again.
         if case.step is Step.DELIVERED:
-            await self._close_delivered(record, case, finished_here=False)
+            await self._delivered.submit(_Delivered(record, case, finished_here=False))
             return
         if case.step is Step.DELIVERY_FAILED:
             await self._close_failed(record, case, record.last_error or "unknown")
@@ -327,8 +388,9 @@ class DeliveryWorker:
 
         body = build_payload(case, package, created_at=record.created_at)
         result = await self._post(municipality, record, body)
+        self._release_slot(record.delivery_id)
         if result.succeeded:
-            await self._close_delivered(record, case, finished_here=True)
+            await self._delivered.submit(_Delivered(record, case, finished_here=True))
             return
         if result.status == GONE_STATUS:
             await self._queue.disable_endpoint(
@@ -367,22 +429,35 @@ class DeliveryWorker:
             delay,
         )
 
-    async def _read_inputs(
-        self, record: DeliveryRecord
-    ) -> tuple[Case | None, dict[str, str] | None, StoredPackage | None]:
-        # The case, the endpoint flag of the record's municipality and the
-        # package in one pipeline; each command reads one key. The package is
-        # read even when the case turns out not to need it, which only
-        # happens on the rare paths that send nothing.
-        redis = self._services.redis
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.case(record.case_id))
-            pipe.hgetall(keys.endpoint_disabled(record.municipality_code))
-            pipe.hgetall(keys.package(record.case_id))
-            raw_case, flag, raw_package = await pipe.execute()
-        case = Case.from_hash(record.case_id, raw_case) if raw_case else None
-        package = StoredPackage.from_hash(raw_package) if raw_package else None
-        return case, flag or None, package
+    async def _read_inputs(self, records: list[DeliveryRecord]) -> list[_Inputs]:
+        # One pipeline for a batch of attempts: the case and the package of
+        # each, and the endpoint flag of each municipality once. Each command
+        # reads one key. The package is read even when the case turns out
+        # not to need it, which only happens on the rare paths that send
+        # nothing.
+        codes = sorted({record.municipality_code for record in records})
+        async with self._services.redis.pipeline(transaction=False) as pipe:
+            for record in records:
+                pipe.hgetall(keys.case(record.case_id))
+                pipe.hgetall(keys.package(record.case_id))
+            for code in codes:
+                pipe.hgetall(keys.endpoint_disabled(code))
+            replies = await pipe.execute()
+
+        flags = dict(zip(codes, replies[2 * len(records) :], strict=True))
+        inputs: list[_Inputs] = []
+        for index, record in enumerate(records):
+            raw_case, raw_package = replies[2 * index], replies[2 * index + 1]
+            inputs.append(
+                _Inputs(
+                    case=Case.from_hash(record.case_id, raw_case) if raw_case else None,
+                    disabled=flags[record.municipality_code] or None,
+                    package=StoredPackage.from_hash(raw_package)
+                    if raw_package
+                    else None,
+                )
+            )
+        return inputs
 
     async def _post(
         self, municipality: Municipality, record: DeliveryRecord, body: bytes
@@ -415,52 +490,81 @@ class DeliveryWorker:
             metrics.DELIVERY_ATTEMPT_DURATION.observe(time.perf_counter() - started)
         return AttemptResult(status, retry_after, f"http_{status}")
 
-    async def _close_delivered(
-        self, record: DeliveryRecord, case: Case, *, finished_here: bool
-    ) -> None:
+    async def _close_delivered(self, batch: list[_Delivered]) -> list[Exception | None]:
+        # The bookkeeping of a batch of 2xx responses, in three round trips:
+        # the tombstones, then the index deletions with the events, then the
+        # records' close. Each phase starts after the one before returned,
+        # because on Redis Cluster a pipeline without a transaction runs its
+        # commands on each node at the same time. A worker that dies before
+        # the close leaves the record pending, and the next attempt publishes
+        # the event (a second time if this one was sent). An error in the
+        # second or third round trip leaves every record of the batch
+        # pending in the same way.
         services = self._services
-        # The tombstone keeps no chat id, so the final event carries the
-        # chat and language the bot needs to confirm the delivery.
-        event_data = {
-            "step": Step.DELIVERED.value,
-            "chat_id": case.chat_id,
-            "language": case.language,
-        }
-        if finished_here:
-            try:
-                # One round trip for the tombstone, one for the index
-                # deletions and the event together.
-                async with services.redis.pipeline(transaction=False) as pipe:
-                    await services.store.finish_case(
-                        case,
-                        Event.DELIVERED,
-                        expected_step=Step.DELIVERING,
-                        cleanup=pipe,
-                    )
-                    metrics.record_delivered(record.created_at, services.clock())
-                    services.events.queue_publish(
-                        pipe, EventType.DELIVERED, case.case_id, **event_data
-                    )
-                    await pipe.execute()
-            except TransitionRejected:
-                # Another worker, whose lease had run out, finished the case
-                # first and published the event.
-                logger.info(
-                    "delivery finished by another worker case=%s", record.case_ref
-                )
-        else:
-            await services.events.publish(
-                EventType.DELIVERED, case.case_id, **event_data
+        outcomes: list[Exception | None] = [None] * len(batch)
+        async with services.redis.pipeline(transaction=False) as pipe:
+            sent_here = [
+                index for index, item in enumerate(batch) if item.finished_here
+            ]
+            tombstones = await services.store.finish_cases(
+                [batch[index].case for index in sent_here],
+                Event.DELIVERED,
+                expected_step=Step.DELIVERING,
+                cleanup=pipe,
             )
-        # Closed only after the event is out. A worker that dies before the
-        # close leaves the record pending, and the next attempt publishes the
-        # event (a second time if this one was sent).
-        await self._queue.close(
-            record, self._consumer, status=DELIVERED, delivered_at=services.clock()
+            announce = [
+                index for index, item in enumerate(batch) if not item.finished_here
+            ]
+            for index, tombstone in zip(sent_here, tombstones, strict=True):
+                if isinstance(tombstone, TransitionRejected):
+                    # Another worker, whose lease had run out, finished the
+                    # case first and published the event.
+                    logger.info(
+                        "delivery finished by another worker case=%s",
+                        batch[index].record.case_ref,
+                    )
+                elif isinstance(tombstone, Exception):
+                    outcomes[index] = tombstone
+                else:
+                    metrics.record_delivered(
+                        batch[index].record.created_at, services.clock()
+                    )
+                    announce.append(index)
+
+            for index in announce:
+                case = batch[index].case
+                # The tombstone keeps no chat id, so the final event carries
+                # the chat and language the bot needs to confirm the delivery.
+                services.events.queue_publish(
+                    pipe,
+                    EventType.DELIVERED,
+                    case.case_id,
+                    step=Step.DELIVERED.value,
+                    chat_id=case.chat_id,
+                    language=case.language,
+                )
+            await pipe.execute()
+
+        closing = [index for index, outcome in enumerate(outcomes) if outcome is None]
+        delivered_at = services.clock()
+        await self._queue.close_many(
+            [
+                (
+                    batch[index].record,
+                    {"status": DELIVERED, "delivered_at": delivered_at},
+                )
+                for index in closing
+            ],
+            self._consumer,
         )
-        logger.info(
-            "delivery succeeded case=%s attempt=%s", record.case_ref, record.attempts
-        )
+        for index in closing:
+            record = batch[index].record
+            logger.info(
+                "delivery succeeded case=%s attempt=%s",
+                record.case_ref,
+                record.attempts,
+            )
+        return outcomes
 
     async def _fail(self, record: DeliveryRecord, case: Case, reason: str) -> None:
         try:

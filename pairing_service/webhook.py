@@ -35,6 +35,8 @@ def build_payload(case: Case, package: StoredPackage, *, created_at: float) -> b
     ``created_at`` is when the delivery was queued; it is the payload's
     ``timestamp``, while each attempt carries its own ``webhook-timestamp``.
     """
+    package_fields = package.to_payload()
+    ciphertext = package_fields["ciphertext"]
     document: dict[str, Any] = {
         "type": EVENT_TYPE,
         "timestamp": iso_utc(created_at),
@@ -45,10 +47,31 @@ def build_payload(case: Case, package: StoredPackage, *, created_at: float) -> b
                 {"role": record["role"], "at": record["at"]} for record in case.consents
             ],
             "sources": delivered_sources(case),
-            "package": package.to_payload(),
+            # The ciphertext is the last member of the last objects, so the
+            # text can end with it (see below).
+            "package": package_fields | {"ciphertext": ""},
         },
     }
-    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+    text = json.dumps(document, separators=(",", ":"))
+    if not (_is_plain_json_text(ciphertext) and text.endswith(_EMPTY_CIPHERTEXT_END)):
+        document["data"]["package"]["ciphertext"] = ciphertext
+        return json.dumps(document, separators=(",", ":")).encode("utf-8")
+    # The base64 text of a package is most of the body. It needs no escapes,
+    # so it is put in place as it is instead of being scanned by the encoder.
+    head = text[: -len('""}}}')]
+    return "".join((head, '"', ciphertext, '"}}}')).encode("ascii")
+
+
+_EMPTY_CIPHERTEXT_END = '"ciphertext":""}}}'
+"""The end of the payload text while its ciphertext is still empty."""
+
+
+def _is_plain_json_text(text: str) -> bool:
+    # Whether json.dumps(text) is text in quotes: printable ASCII without a
+    # quote or a backslash, which base64 always is.
+    return (
+        text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+    )
 
 
 def signed_headers(
