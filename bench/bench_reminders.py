@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 from telegram import Bot
 
 from bot.reminders import ReminderDispatcher
-from bot.telegram_limits import SharedTelegramLimits
+from bot.telegram_limits import SendLimits, SharedTelegramLimits
 from journey import keys
 from journey.model import encode_fields
 from journey.reminders import Kind, Reminder, ReminderScheduler, SendWindow
@@ -135,7 +135,9 @@ async def reminder_round(
 ) -> tuple[float, float, int]:
     """Make ``case_ids``' first reminders due and send them; return s, CPU s, sent."""
     scheduler = ReminderScheduler(redis, window=SendWindow(0, 24 * 3600))
-    limits = SharedTelegramLimits(redis, global_per_second=CONFIGURED_RATE)
+    limits = SharedTelegramLimits(
+        redis, bot.token, SendLimits(global_per_second=CONFIGURED_RATE)
+    )
     dispatcher = ReminderDispatcher(scheduler, CaseStore(redis), bot, limits)
     now = await scheduler.now()
     await redis.zadd(
@@ -155,7 +157,9 @@ async def reminder_round(
 
 async def baseline_round(redis: Redis, bot: Bot, users: list[int]) -> float:
     """Send plain messages through the shared limiter only; return the CPU s."""
-    limits = SharedTelegramLimits(redis, global_per_second=CONFIGURED_RATE)
+    limits = SharedTelegramLimits(
+        redis, bot.token, SendLimits(global_per_second=CONFIGURED_RATE)
+    )
     cpu_start = time.process_time()
     semaphore = asyncio.Semaphore(16)
 

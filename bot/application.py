@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from telegram import BotCommand, Update
-from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, Updater
+from telegram.ext import Application, ApplicationBuilder, Updater
 
 from bot import health, metrics, reminders
 from bot.config import BotSettings
@@ -25,6 +25,7 @@ from bot.i18n import DEFAULT_LANGUAGE, SUPPORTED_LANGUAGES, translate
 from bot.service_client import ServiceClient
 from bot.services import SERVICES_KEY, BotServices, services_of
 from bot.support.desk import SupportDesk
+from bot.telegram_limits import SharedRateLimiter, SharedTelegramLimits
 from bot.update_order import ChatOrderedUpdateProcessor
 from handlers import (
     app_step,
@@ -56,8 +57,9 @@ CONCURRENT_UPDATES = 32
 after another (``bot.update_order``)."""
 
 RATE_LIMIT_RETRIES = 2
-"""Times a request is sent again after Telegram responded 429 with ``retry_after``;
-the rate limiter waits the time Telegram asks for before each retry."""
+"""Times a request is sent again after Telegram responded 429 with ``retry_after``.
+Each 429 first pauses every process for ``retry_after``, so a reply waits
+instead of being lost. A third 429 in a row goes to the error handler."""
 
 MENU_COMMANDS: tuple[str, ...] = ("start", "hulp", "status", "stop", "taal")
 """The commands in the bot's menu, in menu order; descriptions are in the catalog."""
@@ -106,16 +108,14 @@ def build_application(
         .token(settings.telegram_token)
         .base_url(settings.api_base_url)
         .base_file_url(settings.file_base_url)
-        # TODO: replace AIORateLimiter with bot.telegram_limits.SharedRateLimiter
-        # so that replicas and the reminder dispatcher share Telegram's limits
-        # through Redis. AIORateLimiter counts this process only and does not
-        # enforce one message a second per chat; a reply here is one or two
-        # messages, within the bursts Telegram accepts.
+        # Replicas and the reminder dispatcher count their messages in the
+        # same Redis keys, so Telegram's limits hold for the bot as a whole.
         .rate_limiter(
-            AIORateLimiter(
+            SharedRateLimiter(
+                SharedTelegramLimits(
+                    redis, settings.telegram_token, settings.telegram_limits
+                ),
                 max_retries=RATE_LIMIT_RETRIES,
-                group_max_rate=settings.group_max_messages,
-                group_time_period=settings.group_window_seconds,
             )
         )
         .request(metrics.CountingRequest())

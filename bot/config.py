@@ -12,12 +12,13 @@ import os
 import re
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from bot.support.hours import OpeningHours, OpeningHoursError
+from bot.telegram_limits import SendLimits
 from journey.redis_client import SCHEMES as REDIS_SCHEMES
 
 DEFAULT_API_BASE_URL = "https://api.telegram.org/bot"
@@ -75,10 +76,6 @@ MAX_SUPPORT_TAKEOVER_TIMEOUT_SECONDS = 24 * 3600
 MAX_AGENT_DISPLAY_NAME_LENGTH = 64
 """The display name goes above every agent message; a long one crowds it."""
 
-GROUP_MAX_MESSAGES = 20
-GROUP_WINDOW_SECONDS = 60.0
-"""Telegram's Bots FAQ: at most 20 messages a minute to the same group."""
-
 
 class ConfigError(ValueError):
     """Raised when an environment variable is missing or invalid."""
@@ -128,10 +125,10 @@ class BotSettings:
     support_takeover_timeout: int = DEFAULT_SUPPORT_TAKEOVER_TIMEOUT_SECONDS
     support_agent_display_name: str | None = None
     """Shown above each agent message to the client; None sends them unsigned."""
-    group_max_messages: int = GROUP_MAX_MESSAGES
-    group_window_seconds: float = GROUP_WINDOW_SECONDS
-    """Messages the bot sends to one group per window. Only tests change these,
-    to run the group limit faster; no variable sets them."""
+    telegram_limits: SendLimits = field(default_factory=SendLimits)
+    """Send rates shared by every process through Redis: the whole bot, one
+    chat and one group. Tests raise them to run conversations fast; only
+    tests change the group window."""
 
     def __repr__(self) -> str:
         return (
@@ -160,7 +157,9 @@ class BotSettings:
         ``SUPPORT_GROUP_ID`` (the negative chat id of the helpdesk's supergroup
         with topics), ``SUPPORT_OPENING_HOURS`` (``mon-fri 09:00-17:00``,
         Europe/Amsterdam), ``SUPPORT_TAKEOVER_TIMEOUT_SECONDS`` and
-        ``SUPPORT_AGENT_DISPLAY_NAME``.
+        ``SUPPORT_AGENT_DISPLAY_NAME``. Telegram's send limits are read from
+        ``TELEGRAM_MESSAGES_PER_SECOND``, ``TELEGRAM_CHAT_MESSAGES_PER_SECOND``,
+        ``TELEGRAM_CHAT_BURST`` and ``TELEGRAM_GROUP_MESSAGES_PER_MINUTE``.
 
         Raises:
             ConfigError: a variable is missing or invalid; the message names it.
@@ -200,6 +199,7 @@ class BotSettings:
             support_opening_hours=_opening_hours(env),
             support_takeover_timeout=_takeover_timeout(env),
             support_agent_display_name=_display_name(env),
+            telegram_limits=_telegram_limits(env),
             **_webhook_settings(env, mode),
         )
 
@@ -378,6 +378,47 @@ def _display_name(env: Mapping[str, str]) -> str | None:
             f"use at most {MAX_AGENT_DISPLAY_NAME_LENGTH}"
         )
     return value or None
+
+
+def _telegram_limits(env: Mapping[str, str]) -> SendLimits:
+    defaults = SendLimits()
+    return SendLimits(
+        global_per_second=_positive_number(
+            env, "TELEGRAM_MESSAGES_PER_SECOND", defaults.global_per_second
+        ),
+        chat_per_second=_positive_number(
+            env, "TELEGRAM_CHAT_MESSAGES_PER_SECOND", defaults.chat_per_second
+        ),
+        chat_burst=int(
+            _positive_number(
+                env, "TELEGRAM_CHAT_BURST", defaults.chat_burst, whole=True
+            )
+        ),
+        group_max_messages=int(
+            _positive_number(
+                env,
+                "TELEGRAM_GROUP_MESSAGES_PER_MINUTE",
+                defaults.group_max_messages,
+                whole=True,
+            )
+        ),
+    )
+
+
+def _positive_number(
+    env: Mapping[str, str], name: str, default: float, *, whole: bool = False
+) -> float:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value) if whole else float(value)
+    except ValueError:
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}") from None
+    if not number > 0:
+        raise ConfigError(f"{name} must be above 0, got {value!r}")
+    return number
 
 
 def _without_password(url: str) -> str:

@@ -27,7 +27,6 @@ import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from redis.asyncio import Redis
@@ -40,7 +39,14 @@ from telegram.request import HTTPXRequest
 
 from bot.i18n import translate
 from bot.metrics import REMINDERS
-from bot.telegram_limits import GLOBAL_MESSAGES_PER_SECOND, SharedTelegramLimits
+from bot.telegram_limits import (
+    GLOBAL_MESSAGES_PER_SECOND,
+    SendLimits,
+    SharedRateLimiter,
+    SharedTelegramLimits,
+    preacquired_send_options,
+    retry_after_seconds,
+)
 from journey.model import Case
 from journey.reminders import (
     CLAIM_LEASE_SECONDS,
@@ -139,6 +145,9 @@ class ReminderDispatcher:
         self._store = store
         self._bot = bot
         self._limits = limits
+        # The dispatcher acquires the limits itself, right before it marks a
+        # reminder as sent, so the bot's own rate limiter must not count it again.
+        self._send_options = preacquired_send_options(bot)
         self._mailer = mailer
         self._sends = asyncio.Semaphore(CONCURRENT_SENDS)
         self._stopping = asyncio.Event()
@@ -309,10 +318,10 @@ class ReminderDispatcher:
             if not await self._scheduler.mark_sent(reminder, now):
                 return "already_sent"
             try:
-                await self._bot.send_message(case.chat_id, text)
+                await self._bot.send_message(case.chat_id, text, **self._send_options)
             except RetryAfter as error:
                 # A 429 is a certain non-delivery, so sending again is safe.
-                seconds = _seconds(error.retry_after)
+                seconds = retry_after_seconds(error)
                 await self._limits.pause(seconds)
                 await self._scheduler.unmark(reminder)
                 now = await self._scheduler.now()
@@ -360,12 +369,6 @@ class ReminderDispatcher:
             await self._scheduler.defer(reminder, now + MAIL_RETRY_SECONDS)
             return "retry_later"
         return "emailed"
-
-
-def _seconds(retry_after: int | timedelta) -> float:
-    if isinstance(retry_after, timedelta):
-        return retry_after.total_seconds()
-    return float(retry_after)
 
 
 # The bot's side: block and unblock from updates, and the lifecycle hooks.
@@ -473,13 +476,25 @@ def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
 
 
 def build_dispatcher(
-    redis: Redis, bot: Bot, settings: ReminderSettings
+    redis: Redis,
+    bot: Bot,
+    settings: ReminderSettings,
+    limits: SharedTelegramLimits | None = None,
 ) -> ReminderDispatcher:
-    """Build a dispatcher on ``redis`` that sends through ``bot``."""
+    """Build a dispatcher on ``redis`` that sends through ``bot``.
+
+    Without ``limits``, Telegram's limits apply at
+    ``settings.messages_per_second`` for the whole bot.
+    """
     scheduler = ReminderScheduler(
         redis, window=settings.window, lease_seconds=settings.lease_seconds
     )
-    limits = SharedTelegramLimits(redis, global_per_second=settings.messages_per_second)
+    if limits is None:
+        limits = SharedTelegramLimits(
+            redis,
+            bot.token,
+            SendLimits(global_per_second=settings.messages_per_second),
+        )
     mailer = Mailer(settings.mail) if settings.mail is not None else None
     return ReminderDispatcher(scheduler, CaseStore(redis), bot, limits, mailer)
 
@@ -487,9 +502,17 @@ def build_dispatcher(
 async def start_in_application(
     application: Application[Any, Any, Any, Any, Any, Any], redis: Redis
 ) -> None:
-    """Start a dispatcher inside the bot process, on the application's bot."""
+    """Start a dispatcher inside the bot process, on the application's bot.
+
+    The dispatcher counts its messages in the limits of the bot's
+    ``SharedRateLimiter``, so it sends at the rates of the bot's settings.
+    """
     settings = ReminderSettings.from_env(os.environ)
-    dispatcher = build_dispatcher(redis, application.bot, settings)
+    rate_limiter = application.bot.rate_limiter
+    limits = (
+        rate_limiter.limits if isinstance(rate_limiter, SharedRateLimiter) else None
+    )
+    dispatcher = build_dispatcher(redis, application.bot, settings, limits)
     application.bot_data[REMINDERS_KEY] = dispatcher.scheduler
     application.bot_data[_DISPATCHER_KEY] = dispatcher
     dispatcher.start()

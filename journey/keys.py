@@ -172,9 +172,19 @@ def telegram_pause() -> str:
     return f"{PREFIX}:{{telegram}}:pause"
 
 
-def telegram_chat_rate(chat_id: int) -> str:
-    """String with one chat's next free send time (GCRA)."""
-    return f"{PREFIX}:telegram-chat:{{{chat_id}}}"
+def telegram_chat_rate(chat_digest: str) -> str:
+    """String with one chat's next free send time (GCRA).
+
+    ``chat_digest`` is a keyed hash of the chat id, so the key names no user.
+    The chat keys share the ``{telegram}`` hash tag with the global keys, so
+    one Lua script checks every limit of a message at once in Redis Cluster.
+    """
+    return f"{PREFIX}:{{telegram}}:chat:{chat_digest}"
+
+
+def telegram_group_window(chat_digest: str) -> str:
+    """Sorted set of one group's recent send times, scored in milliseconds."""
+    return f"{PREFIX}:{{telegram}}:group:{chat_digest}"
 
 
 TYPED_CODE_INDEX_TTL_SECONDS = 40 * 60

@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 
 from bot.application import running_bot
 from bot.config import BotSettings
+from bot.telegram_limits import SendLimits
 from journey.municipalities import MunicipalityRegistry
 from journey.package import KeyPair, SuiteName, generate_key_pair
 from journey.redis_client import connect
@@ -153,6 +154,7 @@ async def running_stack(
     service_port: int = 0,
     telegram_token: str | None = None,
     rate_limits: RateLimits | None = None,
+    send_limits: SendLimits | None = None,
     start_bot: bool = True,
     access_log: bool = False,
     service_process: bool = False,
@@ -162,7 +164,8 @@ async def running_stack(
     Without ``redis_url`` a private redis-server runs on a free port. With
     ``telegram_token`` the bot talks to real Telegram and no emulator starts.
     With ``access_log`` the service logs each request as production does
-    (``pairing_service.access_log``).
+    (``pairing_service.access_log``). ``rate_limits`` are the emulator's, and
+    ``send_limits`` the bot's own (Telegram's when None).
     """
     workdir = Path(tempfile.mkdtemp(prefix="gv-sandbox-"))
     redis_server: RedisServer | None = None
@@ -243,6 +246,7 @@ async def running_stack(
                 municipality_registry=registry_path,
                 consumer_name=f"sandbox-{secrets.token_hex(3)}",
                 poll_timeout=10,
+                telegram_limits=send_limits or SendLimits(),
                 **(
                     {}
                     if emulator_url is None

@@ -37,6 +37,11 @@ def bot_environment(
             "MUNICIPALITY_REGISTRY": str(stack.registry_path),
             "BOT_CONSUMER_NAME": consumer_name,
             "TELEGRAM_POLL_TIMEOUT": "10",
+            # Far above Telegram's limits, so a journey at test speed is not
+            # slowed to one message a second.
+            "TELEGRAM_MESSAGES_PER_SECOND": "10000",
+            "TELEGRAM_CHAT_MESSAGES_PER_SECOND": "1000",
+            "TELEGRAM_CHAT_BURST": "1000",
             "LOG_LEVEL": log_level,
         }
     )

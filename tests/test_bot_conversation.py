@@ -23,6 +23,7 @@ from telegram.ext import MessageHandler, filters
 from bot.application import running_bot
 from bot.config import BotSettings
 from bot.i18n import set_strict, translate
+from bot.telegram_limits import SendLimits
 from handlers.callback_data import Action, encode
 from handlers.start import MAX_INVALID_INVITATIONS
 from journey import keys
@@ -43,6 +44,13 @@ from sandbox.telegram_emulator import (
 BOT_TOKEN = "123456:emulator-test-token"
 USER_ID = 7001
 SERVICE_TOKEN = "test-service-token-" + "x" * 32
+
+FAST_SEND_LIMITS = SendLimits(
+    global_per_second=10_000.0, chat_per_second=1_000.0, chat_burst=1_000
+)
+"""Send limits far above Telegram's, so a scripted client that answers at once
+is not slowed to one message a second; the group limit stays Telegram's."""
+
 WAIT_SECONDS = 15.0
 """Upper bound for one expected event; a passing test waits far less."""
 
@@ -176,6 +184,7 @@ def bot_settings(emulator: str, redis_url: str, service_url: str) -> BotSettings
         file_base_url=f"{emulator}/file/bot",
         consumer_name="test-bot",
         poll_timeout=5,
+        telegram_limits=FAST_SEND_LIMITS,
     )
 
 

@@ -25,6 +25,7 @@ from sandbox.scripted_client import ScriptedClient, Transcript
 from sandbox.stack import Invitation, SandboxStack, running_stack
 from sandbox.telegram_emulator import EmulatorClient, RateLimits
 from tests.redis_checks import dump_values, keys_without_ttl, monitor_commands
+from tests.test_bot_conversation import FAST_SEND_LIMITS
 
 USER_ID = 515151
 MAX_TAPS_WITHOUT_PARTNER = 15
@@ -34,7 +35,9 @@ MAX_TAPS_WITHOUT_PARTNER = 15
 @pytest.fixture
 async def stack(redis: Redis, redis_server: RedisServer) -> AsyncIterator[SandboxStack]:
     async with running_stack(
-        redis_url=redis_server.url, rate_limits=RateLimits.disabled()
+        redis_url=redis_server.url,
+        rate_limits=RateLimits.disabled(),
+        send_limits=FAST_SEND_LIMITS,
     ) as running:
         yield running
 
@@ -139,9 +142,13 @@ async def test_refusal_deletes_package(stack: SandboxStack, redis: Redis) -> Non
 async def test_journey_completes_under_flood_control(
     redis: Redis, redis_server: RedisServer
 ) -> None:
-    # Telegram's limits on: the bot must wait out every 429 and lose nothing.
+    # Telegram's limits on in the emulator, far above them in the bot: the bot
+    # meets 429s and must wait out every one and lose nothing. The bot at its
+    # real limits is tested in test_telegram_limits_replicas.
     async with running_stack(
-        redis_url=redis_server.url, rate_limits=RateLimits()
+        redis_url=redis_server.url,
+        rate_limits=RateLimits(),
+        send_limits=FAST_SEND_LIMITS,
     ) as limited:
         invitation, transcript, package = await play(
             limited, partner=False, marker="flood"

@@ -31,6 +31,7 @@ from sandbox.stack import (
     running_stack,
 )
 from sandbox.telegram_emulator import EmulatorClient, RateLimits
+from tests.test_bot_conversation import FAST_SEND_LIMITS
 
 USER_ID = 5_938_271_604
 """A Telegram user id long enough not to appear in a log by chance."""
@@ -143,6 +144,7 @@ async def test_journey_logs_no_secrets(redis: Redis, redis_server: RedisServer) 
         async with running_stack(
             redis_url=redis_server.url,
             rate_limits=RateLimits.disabled(),
+            send_limits=FAST_SEND_LIMITS,
             access_log=True,
         ) as stack:
             invitation, transcript, chat_text = await play_with_free_text(

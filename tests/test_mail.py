@@ -152,7 +152,7 @@ async def test_unlinked_case_reminded_by_email(
     # No chat is linked, so the bot is never called; it needs no server.
     bot = Bot("123456:unused", base_url=f"http://127.0.0.1:{free_port()}/bot")
     dispatcher = ReminderDispatcher(
-        scheduler, store, bot, SharedTelegramLimits(redis), Mailer(mail)
+        scheduler, store, bot, SharedTelegramLimits(redis, bot.token), Mailer(mail)
     )
 
     outcomes = await dispatcher.dispatch_once()

@@ -30,6 +30,7 @@ from journey.logging_setup import (
 from sandbox.redis_server import RedisServer
 from sandbox.stack import SandboxStack, running_stack
 from sandbox.telegram_emulator import EmulatorClient, RateLimits, start_emulator
+from tests.test_bot_conversation import FAST_SEND_LIMITS
 from tests.test_end_to_end import play
 
 Samples = dict[tuple[str, str], float]
@@ -44,7 +45,9 @@ row must get a 429 long before the end."""
 @pytest.fixture
 async def stack(redis: Redis, redis_server: RedisServer) -> AsyncIterator[SandboxStack]:
     async with running_stack(
-        redis_url=redis_server.url, rate_limits=RateLimits.disabled()
+        redis_url=redis_server.url,
+        rate_limits=RateLimits.disabled(),
+        send_limits=FAST_SEND_LIMITS,
     ) as running:
         yield running
 

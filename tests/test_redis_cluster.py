@@ -24,6 +24,7 @@ from sandbox.redis_cluster import start_redis_cluster
 from sandbox.scripted_client import ScriptedClient
 from sandbox.stack import SandboxStack, running_stack
 from sandbox.telegram_emulator import EmulatorClient, RateLimits
+from tests.test_bot_conversation import FAST_SEND_LIMITS
 
 USER_ID = 727272
 
@@ -38,7 +39,9 @@ def cluster() -> Iterator[ClusterProcesses]:
 @pytest.fixture
 async def cluster_stack(cluster: ClusterProcesses) -> AsyncIterator[SandboxStack]:
     async with running_stack(
-        redis_url=cluster.url, rate_limits=RateLimits.disabled()
+        redis_url=cluster.url,
+        rate_limits=RateLimits.disabled(),
+        send_limits=FAST_SEND_LIMITS,
     ) as running:
         yield running
 

@@ -22,6 +22,7 @@ from sandbox.redis_server import RedisServer, start_redis_server
 from sandbox.stack import SandboxStack, running_stack
 from sandbox.telegram_emulator import EmulatorClient, RateLimits
 from tests.chat_driver import Chat, Message, walk_journey
+from tests.test_bot_conversation import FAST_SEND_LIMITS
 
 USER_ID = 838383
 
@@ -66,7 +67,9 @@ def durable_redis() -> Iterator[RedisServer]:
 @pytest.fixture
 async def stack(durable_redis: RedisServer) -> AsyncIterator[SandboxStack]:
     async with running_stack(
-        redis_url=durable_redis.url, rate_limits=RateLimits.disabled()
+        redis_url=durable_redis.url,
+        rate_limits=RateLimits.disabled(),
+        send_limits=FAST_SEND_LIMITS,
     ) as running:
         yield running
 

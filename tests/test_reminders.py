@@ -207,7 +207,7 @@ class Harness:
         self.store = CaseStore(redis, clock=self.clock)
         self.scheduler = ReminderScheduler(redis, clock=self.clock)
         self.dispatcher = ReminderDispatcher(
-            self.scheduler, self.store, bot, SharedTelegramLimits(redis)
+            self.scheduler, self.store, bot, SharedTelegramLimits(redis, bot.token)
         )
         self.client = client
 

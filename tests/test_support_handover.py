@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,6 +44,7 @@ from sandbox.telegram_emulator import (
     button_data,
     start_emulator,
 )
+from tests.test_bot_conversation import FAST_SEND_LIMITS
 
 BOT_TOKEN = "123456:support-test-token"
 CLIENT_ID = 7101
@@ -210,6 +212,7 @@ async def support_harness(
                 "poll_timeout": 5,
                 "support_group_id": GROUP_ID if with_group else None,
                 "support_opening_hours": OpeningHours.parse(ALWAYS_OPEN),
+                "telegram_limits": FAST_SEND_LIMITS,
             }
             values.update(overrides)
             settings = BotSettings(**values)
@@ -445,8 +448,11 @@ async def test_burst_reaches_topic_in_order(redis: Redis, redis_server: Any) -> 
         redis,
         redis_server.url,
         rate_limits=limits,
-        group_max_messages=TEST_GROUP_MAX,
-        group_window_seconds=TEST_GROUP_WINDOW,
+        telegram_limits=replace(
+            FAST_SEND_LIMITS,
+            group_max_messages=TEST_GROUP_MAX,
+            group_window_seconds=TEST_GROUP_WINDOW,
+        ),
     ) as harness:
         await harness.open_case()
         thread_id = await harness.request_help()

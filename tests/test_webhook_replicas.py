@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 
 from bot.application import HEALTH_SERVER_KEY, running_webhook_bot
 from bot.config import BotMode, BotSettings
+from bot.telegram_limits import SendLimits
 from journey.municipalities import Municipality, MunicipalityRegistry
 from journey.package import generate_key_pair
 from journey.steps import Step
@@ -36,6 +37,7 @@ from sandbox.telegram_emulator import (
     start_emulator,
 )
 from sandbox.telegram_emulator.webhook import SECRET_TOKEN_HEADER
+from tests.test_bot_conversation import FAST_SEND_LIMITS
 
 BOT_TOKEN = "123456:webhook-replica-token"
 SERVICE_TOKEN = "test-service-token-" + "x" * 32
@@ -112,7 +114,12 @@ async def emulator() -> AsyncIterator[str]:
 
 
 def replica_settings(
-    emulator: str, redis_url: str, name: str, webhook_url: str, port: int
+    emulator: str,
+    redis_url: str,
+    name: str,
+    webhook_url: str,
+    port: int,
+    telegram_limits: SendLimits = FAST_SEND_LIMITS,
 ) -> BotSettings:
     return BotSettings(
         telegram_token=BOT_TOKEN,
@@ -129,6 +136,7 @@ def replica_settings(
         webhook_port=port,
         health_listen="127.0.0.1",
         health_port=0,
+        telegram_limits=telegram_limits,
     )
 
 
@@ -146,10 +154,15 @@ class Replicas:
         return f"http://{host}:{port}"
 
 
-@pytest.fixture
-async def replicas(
-    emulator: str, redis: Redis, redis_server: Any, registry: MunicipalityRegistry
+@contextlib.asynccontextmanager
+async def running_replicas(
+    emulator: str,
+    redis: Redis,
+    redis_url: str,
+    registry: MunicipalityRegistry,
+    telegram_limits: SendLimits = FAST_SEND_LIMITS,
 ) -> AsyncIterator[Replicas]:
+    """Run two webhook replicas behind a round-robin proxy on loopback."""
     ports = [free_port(), free_port()]
     proxy = RoundRobinProxy(
         [f"http://127.0.0.1:{port}/{WEBHOOK_PATH}" for port in ports]
@@ -159,7 +172,12 @@ async def replicas(
             apps = []
             for index, port in enumerate(ports):
                 settings = replica_settings(
-                    emulator, redis_server.url, f"replica-{index}", public_url, port
+                    emulator,
+                    redis_url,
+                    f"replica-{index}",
+                    public_url,
+                    port,
+                    telegram_limits,
                 )
                 # Each replica calls setWebhook with the proxy's URL, as in
                 # production, where all of them share WEBHOOK_URL.
@@ -168,6 +186,14 @@ async def replicas(
                 )
                 apps.append(app)
             yield Replicas(apps, proxy, ports)
+
+
+@pytest.fixture
+async def replicas(
+    emulator: str, redis: Redis, redis_server: Any, registry: MunicipalityRegistry
+) -> AsyncIterator[Replicas]:
+    async with running_replicas(emulator, redis, redis_server.url, registry) as running:
+        yield running
 
 
 @pytest.fixture

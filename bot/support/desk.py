@@ -5,9 +5,10 @@ A case's support state is in its Redis hash (``Case.support_state``):
 conversation, ``closed`` after an agent closed the topic, else empty. The
 topic of a case is found from a Telegram update through
 ``keys.support_topic``. Every Bot API call that posts in the support group
-runs as a job of one ``GroupSendQueue``, so the calls keep their order and
-the group's limit. Reminders are paused through ``ReminderScheduler`` from
-the help request until the conversation goes back to the bot.
+runs as a job of one ``GroupSendQueue``, so the calls keep their order, and the
+bot's rate limiter (``bot.telegram_limits``) keeps the group's limit.
+Reminders are paused through ``ReminderScheduler`` from the help request
+until the conversation goes back to the bot.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class SupportDesk:
 
     Args:
         services: the bot's store, registry and settings; the settings name
-            the group and its limits.
+            the group.
         bot: the PTB bot that makes the calls.
         clock: Unix time source for opening hours and deadlines.
     """
@@ -103,9 +104,7 @@ class SupportDesk:
         self._bot = bot
         self._clock = clock
         self.group_id: int = settings.support_group_id
-        self.queue = GroupSendQueue(
-            settings.group_max_messages, settings.group_window_seconds
-        )
+        self.queue = GroupSendQueue()
         self.available = False
         """Whether the start-up check found the group usable."""
         self._reminders = ReminderScheduler(services.store.redis)
@@ -337,7 +336,6 @@ class SupportDesk:
         """Post a note for the agents in a topic that belongs to no open case."""
 
         async def post() -> None:
-            await self.queue.acquire()
             await self._bot.send_message(
                 self.group_id, agent_text(key), message_thread_id=thread_id
             )
@@ -431,7 +429,6 @@ class SupportDesk:
         if thread_id is None:
             thread_id = await self._create_topic(case)
             await self._post_summary_in(case_id, thread_id)
-        await self.queue.acquire()
         try:
             return await call(thread_id)
         except BadRequest as error:
@@ -440,24 +437,20 @@ class SupportDesk:
         logger.info("support topic gone, recreated case=%s", case.ref)
         thread_id = await self._create_topic(case)
         await self._post_summary_in(case_id, thread_id)
-        await self.queue.acquire()
         return await call(thread_id)
 
     async def _post_summary_in(self, case_id: str, thread_id: int) -> None:
         case = await self._services.store.get(case_id)
         state = await self._reminders.state(case_id)
         text = render_summary(case, self._services, len(state.sent))
-        await self.queue.acquire()
         summary = await self._bot.send_message(
             self.group_id, text, message_thread_id=thread_id
         )
-        await self.queue.acquire()
         await self._bot.pin_chat_message(
             self.group_id, summary.message_id, disable_notification=True
         )
 
     async def _create_topic(self, case: Case) -> int:
-        await self.queue.acquire()
         topic = await self._bot.create_forum_topic(
             self.group_id, topic_name(case, self._services)
         )
@@ -471,7 +464,6 @@ class SupportDesk:
         return thread_id
 
     async def _reopen_topic(self, thread_id: int) -> None:
-        await self.queue.acquire()
         try:
             await self._bot.reopen_forum_topic(self.group_id, thread_id)
         except BadRequest as error:
@@ -479,7 +471,6 @@ class SupportDesk:
             logger.info("support topic not reopened error=%s", error.message)
 
     async def _close_topic(self, thread_id: int) -> None:
-        await self.queue.acquire()
         try:
             await self._bot.close_forum_topic(self.group_id, thread_id)
         except BadRequest as error:
