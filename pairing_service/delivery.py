@@ -58,8 +58,9 @@ logger = logging.getLogger(__name__)
 
 LEASE_SECONDS = 60.0
 """How long one attempt may own a delivery: four times the default request
-timeout, so a live worker keeps its lease unless an attempt stalls far beyond
-its timeout. A dead worker's delivery is retried within a minute."""
+timeout. An attempt leased ahead waits for at most one request before its own,
+so a live worker keeps its lease unless an attempt stalls far beyond its
+timeout. A dead worker's delivery is retried within a minute."""
 
 IDLE_WAIT_SECONDS = 1.0
 """Maximum pause between two reads of the schedule, so retries scheduled by
@@ -74,10 +75,15 @@ INTAKE_BLOCK_MS = 2000
 REDIS_BACKOFF_SECONDS = 2.0
 """Pause after Redis could not be reached before the worker tries again."""
 
-BOOKKEEPING_SLOTS_PER_REQUEST = 1
-"""Attempts whose request has ended may wait for their bookkeeping in Redis
-while new requests go out, up to this many per request slot. So a slow Redis
-stops new leases instead of piling up finished attempts."""
+LEASED_AHEAD_PER_REQUEST = 1
+"""Attempts leased and read ahead, per request slot, while the requests before
+them are in flight. Their Redis round trips then overlap those requests, and
+each waits for a free slot to send."""
+
+BOOKKEEPING_PER_REQUEST = 1
+"""Attempts whose request has ended and that wait for their bookkeeping in
+Redis, per request slot. Beyond this a slow Redis stops new leases instead of
+piling up finished attempts."""
 
 STOP_GRACE_SECONDS = 5.0
 """Time given to attempts in flight to finish when the worker stops. An attempt
@@ -150,9 +156,9 @@ class DeliveryWorker:
             minutes of their own time.
         schedule: maximum delay in seconds before each retry.
         timeout_seconds: total time of one webhook request.
-        concurrency: webhook requests kept in flight at once. An attempt
-            frees its slot when its request ends, before the bookkeeping
-            in Redis that follows.
+        concurrency: webhook requests kept in flight at once. As many
+            attempts more are leased and read ahead, and an attempt frees
+            its slot when its request ends, before its bookkeeping.
         jitter: draws the delay below a schedule entry (full jitter by default).
         lease_seconds: how long one attempt may hold a delivery.
         notify_support: called for every delivery that failed for good, in
@@ -185,12 +191,15 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._active: dict[str, asyncio.Task[None]] = {}
         """Every attempt of this worker, by delivery id, until it ends."""
-        self._sending: set[str] = set()
-        """The attempts that hold a request slot: from the lease to the response."""
-        self._max_active = concurrency * (1 + BOOKKEEPING_SLOTS_PER_REQUEST)
+        self._unsent: set[str] = set()
+        """The attempts from their lease until their request ends."""
+        self._max_unsent = concurrency * (1 + LEASED_AHEAD_PER_REQUEST)
+        self._max_active = self._max_unsent + concurrency * BOOKKEEPING_PER_REQUEST
+        self._request_slots = asyncio.Semaphore(concurrency)
         self._loops: list[asyncio.Task[None]] = []
         self._http: aiohttp.ClientSession | None = None
         self._group_ready = False
+        self._stopping = False
         # Attempts that reach the same phase together share its round trips.
         batch = max(1, concurrency)
         self._inputs: Coalescer[DeliveryRecord, _Inputs] = Coalescer(
@@ -212,6 +221,7 @@ class DeliveryWorker:
 
     async def start(self) -> None:
         """Start reading the intake stream and sending due deliveries."""
+        self._stopping = False
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._timeout),
             headers={"User-Agent": USER_AGENT},
@@ -224,6 +234,12 @@ class DeliveryWorker:
 
     async def stop(self) -> None:
         """Stop the loops, let attempts in flight finish briefly, close HTTP."""
+        # With socket_timeout set, redis-py 6.4 wraps each send in
+        # asyncio.wait_for, which on Python 3.11 can swallow a cancellation:
+        # the delivery benchmark hung in stop() that way. The loops therefore
+        # also end at their next turn once this flag is set.
+        self._stopping = True
+        self._wake.set()
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -247,7 +263,7 @@ class DeliveryWorker:
         logger.info("delivery worker stopped consumer=%s", self._consumer)
 
     async def _intake_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 if not self._group_ready:
                     await self._queue.ensure_group()
@@ -275,7 +291,7 @@ class DeliveryWorker:
                 await asyncio.sleep(REDIS_BACKOFF_SECONDS)
 
     async def _dispatch_loop(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 wait = await self._dispatch_due()
@@ -312,7 +328,7 @@ class DeliveryWorker:
         for record in leased:
             task = asyncio.create_task(self._run_attempt(record))
             self._active[record.delivery_id] = task
-            self._sending.add(record.delivery_id)
+            self._unsent.add(record.delivery_id)
 
         if self._free_slots() <= 0:
             return IDLE_WAIT_SECONDS
@@ -327,13 +343,13 @@ class DeliveryWorker:
 
     def _free_slots(self) -> int:
         return min(
-            self._concurrency - len(self._sending),
+            self._max_unsent - len(self._unsent),
             self._max_active - len(self._active),
         )
 
-    def _release_slot(self, delivery_id: str) -> None:
-        if delivery_id in self._sending:
-            self._sending.discard(delivery_id)
+    def _request_ended(self, delivery_id: str) -> None:
+        if delivery_id in self._unsent:
+            self._unsent.discard(delivery_id)
             self._wake.set()
 
     async def _run_attempt(self, record: DeliveryRecord) -> None:
@@ -350,7 +366,7 @@ class DeliveryWorker:
             )
         finally:
             self._active.pop(record.delivery_id, None)
-            self._sending.discard(record.delivery_id)
+            self._unsent.discard(record.delivery_id)
             self._wake.set()
 
     async def _attempt(self, record: DeliveryRecord) -> None:
@@ -387,8 +403,9 @@ class DeliveryWorker:
             return
 
         body = build_payload(case, package, created_at=record.created_at)
-        result = await self._post(municipality, record, body)
-        self._release_slot(record.delivery_id)
+        async with self._request_slots:
+            result = await self._post(municipality, record, body)
+        self._request_ended(record.delivery_id)
         if result.succeeded:
             await self._delivered.submit(_Delivered(record, case, finished_here=True))
             return
