@@ -199,7 +199,7 @@ class BotSettings:
             support_opening_hours=_opening_hours(env),
             support_takeover_timeout=_takeover_timeout(env),
             support_agent_display_name=_display_name(env),
-            telegram_limits=_telegram_limits(env),
+            telegram_limits=send_limits_from_env(env),
             **_webhook_settings(env, mode),
         )
 
@@ -380,7 +380,12 @@ def _display_name(env: Mapping[str, str]) -> str | None:
     return value or None
 
 
-def _telegram_limits(env: Mapping[str, str]) -> SendLimits:
+def send_limits_from_env(env: Mapping[str, str]) -> SendLimits:
+    """Read Telegram's send limits from the ``TELEGRAM_*`` rate variables.
+
+    Raises:
+        ConfigError: a variable is not a positive number; the message names it.
+    """
     defaults = SendLimits()
     return SendLimits(
         global_per_second=_positive_number(

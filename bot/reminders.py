@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -37,10 +37,10 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Time
 from telegram.ext import Application, BaseHandler, ChatMemberHandler, TypeHandler
 from telegram.request import HTTPXRequest
 
+from bot.config import send_limits_from_env
 from bot.i18n import translate
 from bot.metrics import REMINDERS
 from bot.telegram_limits import (
-    GLOBAL_MESSAGES_PER_SECOND,
     SendLimits,
     SharedRateLimiter,
     SharedTelegramLimits,
@@ -431,16 +431,17 @@ class ReminderSettings:
     """Settings of the dispatcher, read from the environment."""
 
     window: SendWindow
-    messages_per_second: float = GLOBAL_MESSAGES_PER_SECOND
+    send_limits: SendLimits = field(default_factory=SendLimits)
     lease_seconds: float = CLAIM_LEASE_SECONDS
     mail: MailSettings | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ReminderSettings:
         """Read ``REMINDER_SEND_WINDOW`` (``HH:MM-HH:MM`` in Amsterdam time,
-        default 09:00-20:00), ``TELEGRAM_MESSAGES_PER_SECOND`` (default 30),
-        ``REMINDER_CLAIM_LEASE_SECONDS`` (default 60) and the ``SMTP_*``
-        variables of ``pairing_service.mail.MailSettings``.
+        default 09:00-20:00), Telegram's send limits as the bot reads them
+        (``bot.config.send_limits_from_env``), ``REMINDER_CLAIM_LEASE_SECONDS``
+        (default 60) and the ``SMTP_*`` variables of
+        ``pairing_service.mail.MailSettings``.
 
         Raises:
             ValueError: a variable is invalid; the message names it.
@@ -452,9 +453,7 @@ class ReminderSettings:
             raise ValueError(f"REMINDER_SEND_WINDOW: {error}") from None
         return cls(
             window=window,
-            messages_per_second=_positive(
-                environ, "TELEGRAM_MESSAGES_PER_SECOND", GLOBAL_MESSAGES_PER_SECOND
-            ),
+            send_limits=send_limits_from_env(environ),
             lease_seconds=_positive(
                 environ, "REMINDER_CLAIM_LEASE_SECONDS", CLAIM_LEASE_SECONDS
             ),
@@ -483,18 +482,13 @@ def build_dispatcher(
 ) -> ReminderDispatcher:
     """Build a dispatcher on ``redis`` that sends through ``bot``.
 
-    Without ``limits``, Telegram's limits apply at
-    ``settings.messages_per_second`` for the whole bot.
+    Without ``limits``, the dispatcher applies ``settings.send_limits``.
     """
     scheduler = ReminderScheduler(
         redis, window=settings.window, lease_seconds=settings.lease_seconds
     )
     if limits is None:
-        limits = SharedTelegramLimits(
-            redis,
-            bot.token,
-            SendLimits(global_per_second=settings.messages_per_second),
-        )
+        limits = SharedTelegramLimits(redis, bot.token, settings.send_limits)
     mailer = Mailer(settings.mail) if settings.mail is not None else None
     return ReminderDispatcher(scheduler, CaseStore(redis), bot, limits, mailer)
 

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from telegram.error import RetryAfter
 
 from bot.config import BotSettings, ConfigError
+from bot.reminders import ReminderSettings
 from bot.telegram_limits import (
     ACQUIRED,
     MAX_RETRIES,
@@ -454,3 +455,12 @@ def test_invalid_limit_is_named(tmp_path: Path, variable: str, value: str) -> No
 def test_send_limits_reject_zero_burst() -> None:
     with pytest.raises(ValueError, match="chat_burst"):
         SendLimits(chat_burst=0)
+
+
+def test_standalone_dispatcher_reads_limits() -> None:
+    settings = ReminderSettings.from_env(
+        {"TELEGRAM_MESSAGES_PER_SECOND": "12", "TELEGRAM_CHAT_BURST": "2"}
+    )
+
+    assert settings.send_limits.global_per_second == 12.0
+    assert settings.send_limits.chat_burst == 2
