@@ -10,10 +10,14 @@ id and decrypts every request), then per round:
   timed from its start until the last ``delivered`` event.
 
 It prints the median rate of each and their ratio; the goal is at least 0.7.
+With ``--service-client`` the one Redis client of the bench and its worker is
+made as the service makes it (``journey.redis_client.connect`` with the
+service's timeouts), so redis-py wraps every send in ``asyncio.wait_for``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import secrets
@@ -28,7 +32,12 @@ from journey import keys
 from journey.events import BOT_GROUP, EventStream, EventType
 from journey.municipalities import MunicipalityRegistry
 from journey.package import SuiteName, decode_public_key, generate_key_pair, seal
+from journey.redis_client import connect
 from journey.steps import Event, Step
+from pairing_service.app import (
+    REDIS_CONNECT_TIMEOUT_SECONDS,
+    REDIS_SOCKET_TIMEOUT_SECONDS,
+)
 from pairing_service.config import Settings
 from pairing_service.consent import record_consent
 from pairing_service.delivery import DeliveryWorker
@@ -144,10 +153,17 @@ def _signed_bodies(public_key_text: str) -> list[tuple[bytes, dict[str, str]]]:
     return bodies
 
 
-async def main() -> None:
+async def main(*, service_client: bool) -> None:
     """Run the rounds and print the medians and their ratio."""
     server = start_redis_server()
-    redis = Redis.from_url(server.url, decode_responses=True)
+    if service_client:
+        redis = connect(
+            server.url,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
+        )
+    else:
+        redis = Redis.from_url(server.url, decode_responses=True)
     key_pair = generate_key_pair()
     runner, url, _receiver = await start_receiver(
         secret=SECRET, private_key=key_pair.private_key
@@ -198,9 +214,10 @@ async def main() -> None:
         server.stop()
     baseline = statistics.median(baseline_rates)
     worker = statistics.median(worker_rates)
+    client = "the service's client" if service_client else "a plain client"
     print(
         f"{DELIVERIES} deliveries of {PACKAGE_BYTES // 1024} KiB, "
-        f"{CONCURRENCY} in flight, median of {ROUNDS} rounds"
+        f"{CONCURRENCY} in flight, median of {ROUNDS} rounds, Redis through {client}"
     )
     print(f"bare aiohttp POST loop (baseline): {baseline:.0f} per second")
     print(f"delivery worker: {worker:.0f} per second")
@@ -208,4 +225,11 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--service-client",
+        action="store_true",
+        help="make the Redis client with the service's socket timeouts",
+    )
+    arguments = parser.parse_args()
+    asyncio.run(main(service_client=arguments.service_client))
