@@ -25,8 +25,9 @@ from redis.asyncio import Redis
 
 from journey import keys
 from journey.events import EventStream, EventType
+from journey.model import Case
 from journey.package import KeyPair, generate_key_pair
-from journey.steps import Step
+from journey.steps import Event, Step, TransitionRejected
 from journey.store import CaseStore
 from pairing_service.consent import record_consent
 from pairing_service.deliveries import DELIVERED, FAILED, DeliveryQueue
@@ -357,3 +358,38 @@ async def test_payload_matches_plain_encoding(redis: Redis) -> None:
         document = json.loads(body)
         assert document["data"]["package"]["ciphertext"] == ciphertext
         assert body == json.dumps(document, separators=(",", ":")).encode()
+
+
+# --- the batched tombstones --------------------------------------------------
+
+
+async def test_finish_cases_rereads_changed_case(redis: Redis) -> None:
+    store = CaseStore(redis)
+    cases = [
+        (await store.create(MUNICIPALITY, step=Step.DELIVERING, chat_id=700 + index))[0]
+        for index in range(3)
+    ]
+    # The second case gets a new version after it was read.
+    changed = await store.modify(cases[1].case_id, lambda _case: {"last_error": "x"})
+    # The third one fails in the meantime, so it is no longer delivering.
+    await store.apply(
+        cases[2].case_id, Event.DELIVERY_FAILED, expected_step=Step.DELIVERING
+    )
+
+    async with redis.pipeline(transaction=False) as cleanup:
+        results = await store.finish_cases(
+            cases, Event.DELIVERED, expected_step=Step.DELIVERING, cleanup=cleanup
+        )
+        await cleanup.execute()
+
+    first, second, third = results
+    assert isinstance(first, Case)
+    assert first.step is Step.DELIVERED
+    assert isinstance(second, Case)
+    assert second.step is Step.DELIVERED
+    assert second.version == changed.version + 1
+    assert isinstance(third, TransitionRejected)
+    for index, case in enumerate(cases[:2]):
+        stored = await store.get(case.case_id)
+        assert stored.tombstone
+        assert not await redis.exists(keys.chat(700 + index))
