@@ -261,14 +261,20 @@ def _add_handlers(application: BotApplication) -> None:
 async def _post_init(application: BotApplication) -> None:
     await _set_commands(application)
     services = services_of(application)
-    consumer = EventConsumer(services, application.bot, services.settings.consumer_name)
-    application.bot_data[CONSUMER_KEY] = consumer
-    consumer.start()
-    await reminders.start_in_application(application, services.store.redis)
+    desk: SupportDesk | None = None
     if services.settings.support_group_id is not None:
         desk = SupportDesk(services, application.bot)
         application.bot_data[SUPPORT_DESK_KEY] = desk
         await desk.start()
+    consumer = EventConsumer(
+        services,
+        application.bot,
+        services.settings.consumer_name,
+        support_desk=desk,
+    )
+    application.bot_data[CONSUMER_KEY] = consumer
+    consumer.start()
+    await reminders.start_in_application(application, services.store.redis)
     settings = services.settings
     if settings.health_port is not None:
         application.bot_data[HEALTH_SERVER_KEY] = await health.start_server(
@@ -289,13 +295,15 @@ async def _set_commands(application: BotApplication) -> None:
 
 
 async def _post_stop(application: BotApplication) -> None:
-    desk: SupportDesk | None = application.bot_data.get(SUPPORT_DESK_KEY)
-    if desk is not None:
-        await desk.stop()
-    await reminders.stop_in_application(application)
+    # The consumer stops first: the event at hand may still open a help
+    # request through the desk.
     consumer: EventConsumer | None = application.bot_data.get(CONSUMER_KEY)
     if consumer is not None:
         await consumer.stop()
+    await reminders.stop_in_application(application)
+    desk: SupportDesk | None = application.bot_data.get(SUPPORT_DESK_KEY)
+    if desk is not None:
+        await desk.stop()
 
 
 async def _post_shutdown(application: BotApplication) -> None:

@@ -21,7 +21,7 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter
 
 from bot.i18n import translate
 from bot.services import BotServices
-from bot.support.desk import SUPPORT_ACTIVE
+from bot.support.desk import SUPPORT_ACTIVE, HelpOutcome, SupportDesk
 from handlers.render import Reply, render_progress, render_step
 from journey.events import EventType, ServiceEvent
 from journey.model import Case
@@ -52,10 +52,18 @@ class EventConsumer:
         consumer_name: this process's name in the consumer group.
     """
 
-    def __init__(self, services: BotServices, bot: Bot, consumer_name: str) -> None:
+    def __init__(
+        self,
+        services: BotServices,
+        bot: Bot,
+        consumer_name: str,
+        *,
+        support_desk: SupportDesk | None = None,
+    ) -> None:
         self._services = services
         self._bot = bot
         self._consumer = consumer_name
+        self._support_desk = support_desk
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._handling = False
@@ -176,8 +184,11 @@ class EventConsumer:
             return True
         if case.support_state == SUPPORT_ACTIVE and not case.tombstone:
             # An agent has the chat, so the bot stays silent; hand back sends
-            # the current step, which shows what these events changed.
+            # the current step, which shows what these events changed. A
+            # failed delivery is news the agent must have at once.
             logger.info("event held for support case=%s event=%s", case.ref, event.type)
+            if event.type is EventType.DELIVERY_FAILED:
+                await self._tell_support_of_failure(case, event.data, client_told=False)
             return True
 
         try:
@@ -214,16 +225,41 @@ class EventConsumer:
             text = translate("delivered.body", language, municipality=municipality)
             await Reply(text).send(self._bot, chat_id)
         elif event.type is EventType.DELIVERY_FAILED:
-            # TODO: open a help request in the support group when one is
-            # configured; today support learns of it from the service's ERROR
-            # log line and the dead-letter list (pairing_service.admin).
             await Reply(translate("delivery_failed.body", language)).send(
                 self._bot, chat_id
             )
+            await self._tell_support_of_failure(case, event.data, client_told=True)
         elif event.type is EventType.REFUSED:
             # The consent handler confirms the refusal in the same tap that
             # caused it, so the event only closes the case's trail.
             logger.debug("refusal already confirmed case=%s", case.ref)
+
+    async def _tell_support_of_failure(
+        self, case: Case, data: dict[str, Any], *, client_told: bool
+    ) -> None:
+        # Without a support group, the service's ERROR line and the dead-letter
+        # list (python -m pairing_service.admin dead-letters) are the signal.
+        desk = self._support_desk
+        if desk is None or not desk.available:
+            return
+        if not client_told:
+            await desk.note(case, "support.note.delivery_failed_silent")
+            outcome = HelpOutcome.ALREADY
+        else:
+            outcome = await desk.request_help(
+                case,
+                note_key="support.note.delivery_failed",
+                attempts=str(data.get("attempts", "?")),
+                reason=str(data.get("reason", "?")),
+            )
+            if outcome is HelpOutcome.ALREADY:
+                # The client asked for help before: the topic is open already.
+                await desk.note(case, "support.note.delivery_failed_open")
+        logger.info(
+            "delivery failure reported to support case=%s outcome=%s",
+            case.ref,
+            outcome.name.lower(),
+        )
 
     async def _ask_consent(self, case: Case, chat_id: int) -> None:
         if case.step not in (Step.CONSENT, Step.CONSENT_PARTNER):

@@ -14,6 +14,7 @@ update shows up, every earlier update of that chat has been handled.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -32,6 +33,7 @@ from bot.support.desk import SUPPORT_ACTIVE, SUPPORT_REQUESTED, SupportDesk
 from bot.support.hours import AMSTERDAM, WEEKDAYS, OpeningHours
 from handlers.support import SUPPORT_DESK_KEY
 from journey import keys
+from journey.events import EventStream, EventType
 from journey.model import Case
 from journey.municipalities import Municipality, MunicipalityRegistry
 from journey.reminders import ReminderScheduler
@@ -45,6 +47,7 @@ from sandbox.telegram_emulator import (
     start_emulator,
 )
 from tests.test_bot_conversation import FAST_SEND_LIMITS
+from tests.test_delivery import log_signal
 
 BOT_TOKEN = "123456:support-test-token"
 CLIENT_ID = 7101
@@ -342,6 +345,79 @@ async def test_stop_still_works_during_support(harness: Harness) -> None:
     await harness.client_says("/stop")
     confirm = await harness.client_gets(lambda message: bool(button_texts(message)))
     assert len(button_texts(confirm)) == 2
+
+
+# A delivery that failed for good reaches support too.
+
+
+async def publish_delivery_failure(harness: Harness, case: Case) -> None:
+    """Publish the event the delivery worker sends after its last attempt."""
+    await EventStream(harness.redis).publish(
+        EventType.DELIVERY_FAILED,
+        case.case_id,
+        step=Step.DELIVERY_FAILED.value,
+        reason="http_503",
+        attempts=8,
+    )
+
+
+async def test_failed_delivery_opens_help_request(harness: Harness) -> None:
+    case = await harness.open_case(Step.DELIVERY_FAILED)
+    await harness.client_says("/status")
+    await harness.client_gets_text("gemeente")
+
+    with log_signal("delivery failure reported to support") as reported:
+        await publish_delivery_failure(harness, case)
+        told = await harness.client_gets_text("niet gelukt")
+        created = await harness.group_event(
+            lambda event: event["kind"] == "topic_created"
+        )
+        note = await harness.topic_gets_text("Pogingen: 8")
+        await asyncio.wait_for(reported.seen.wait(), WAIT_SECONDS)
+    waiting = await harness.store.get(case.case_id)
+
+    assert "/hulp" in text_of(told)
+    assert case.ref in created["topic"]["name"]
+    assert note["message_thread_id"] == created["topic"]["message_thread_id"]
+    assert "Reden: http_503" in text_of(note)
+    assert "dead-letters" in text_of(note)
+    assert case.ref in text_of(note)
+    assert waiting.support_state == SUPPORT_REQUESTED
+    assert (await harness.reminders.state(case.case_id)).paused
+
+
+async def test_failed_delivery_noted_for_active_agent(harness: Harness) -> None:
+    case = await harness.open_case(Step.DELIVERY_FAILED)
+    thread_id = await harness.request_help()
+    await harness.take_over(thread_id)
+
+    before = await harness.client.messages(CLIENT_ID)
+
+    await publish_delivery_failure(harness, case)
+    note = await harness.topic_gets_text("Let op: het sturen naar de gemeente")
+    topics = await harness.client.calls("createForumTopic")
+    after = await harness.client.messages(CLIENT_ID)
+
+    assert note["message_thread_id"] == thread_id
+    assert "weet het nog niet" in text_of(note)
+    assert len(topics) == 1
+    # The agent has the conversation, so the bot tells the client nothing.
+    assert len(after) == len(before)
+    assert (await harness.store.get(case.case_id)).support_state == SUPPORT_ACTIVE
+
+
+async def test_failed_delivery_noted_in_open_request(harness: Harness) -> None:
+    case = await harness.open_case(Step.DELIVERY_FAILED)
+    thread_id = await harness.request_help()
+
+    await publish_delivery_failure(harness, case)
+    await harness.client_gets_text("niet gelukt")
+    note = await harness.topic_gets_text("Let op: het sturen naar de gemeente")
+    topics = await harness.client.calls("createForumTopic")
+
+    assert note["message_thread_id"] == thread_id
+    assert "De klant heeft een bericht gekregen" in text_of(note)
+    assert len(topics) == 1
 
 
 # Hand back resumes at the right step.

@@ -207,15 +207,29 @@ class SupportDesk:
 
     # The client's side
 
-    async def request_help(self, case: Case) -> HelpOutcome:
+    async def request_help(
+        self,
+        case: Case,
+        *,
+        note_key: str = "support.note.requested",
+        **note_values: object,
+    ) -> HelpOutcome:
         """Open a help request and return what became of it.
 
         The case's topic is made or reused and gets a pinned summary and a
         note for the agents; the takeover deadline starts and reminders pause.
+
+        Args:
+            case: the client's case.
+            note_key: catalog key of the note; by default the client's own
+                request for help.
+            **note_values: values for the note besides the case reference.
         """
         if case.support_state in RELAYED_STATES:
             return HelpOutcome.ALREADY
-        job = self.queue.submit(lambda: self._open_request(case.case_id))
+        job = self.queue.submit(
+            lambda: self._open_request(case.case_id, note_key, note_values)
+        )
         try:
             opened = await job
         except (TelegramError, RedisError, CaseNotFound, TransitionRejected, StaleCase):
@@ -384,7 +398,9 @@ class SupportDesk:
 
     # Jobs of the queue
 
-    async def _open_request(self, case_id: str) -> bool:
+    async def _open_request(
+        self, case_id: str, note_key: str, note_values: dict[str, object]
+    ) -> bool:
         case = await self._services.store.get(case_id)
         if case.support_topic_id is None:
             await self._create_topic(case)
@@ -399,7 +415,7 @@ class SupportDesk:
             case_id,
             lambda thread_id: self._bot.send_message(
                 self.group_id,
-                agent_text("support.note.requested", ref=case.ref),
+                agent_text(note_key, ref=case.ref, **note_values),
                 message_thread_id=thread_id,
             ),
         )
