@@ -84,9 +84,11 @@ class EventStream:
         result of refreshing the TTL. In a pipeline without a transaction
         another client may write between the two, which does no harm here.
         """
+        # redis-py types the fields as a dict of its own value types.
+        fields: dict[Any, Any] = encode_event(event_type, case_id, **data)
         pipe.xadd(
             self._stream,
-            encode_event(event_type, case_id, **data),
+            fields,
             maxlen=keys.EVENT_STREAM_MAX_LENGTH,
             approximate=True,
         )

@@ -10,9 +10,9 @@ The address counter and the event stream live in other hash slots than the
 case. On one Redis server the script also counts the address before it checks
 the code, and it appends ``pairing_claimed`` to the stream after the claim. A
 QR claim is then one round trip, and the event is written together with the
-claim or not at all. Redis Cluster rejects a script whose keys span slots (CROSSSLOT), so
-there the counter and the event get calls of their own, before and after the
-script.
+claim or not at all. Redis Cluster rejects a script whose keys span slots
+(CROSSSLOT), so there the counter and the event get calls of their own, before
+and after the script.
 """
 
 from __future__ import annotations
