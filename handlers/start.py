@@ -170,8 +170,7 @@ async def handle_municipality_button(update: Update, context: Context) -> None:
     assert query is not None
     await answer_query(query)
     chat_id = chat_id_of(update)
-    data = decode(query.data)
-    if chat_id is None or data is None:
+    if chat_id is None:
         return
 
     open_case = await find_case(update, context)
@@ -182,7 +181,9 @@ async def handle_municipality_button(update: Update, context: Context) -> None:
     language = await reply_language(update, context)
 
     services = get_services(context)
-    if data.action is not Action.YES:
+    data = decode(query.data)
+    if data is None or data.action is not Action.YES:
+        # Nee, or data that no button of the bot carries: ask for the name.
         await send(update, context, Reply(translate("municipality.retry", language)))
         return
     municipality = services.registry.get(data.tag)

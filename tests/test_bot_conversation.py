@@ -24,7 +24,7 @@ from bot.application import running_bot
 from bot.config import BotSettings
 from bot.i18n import set_strict, translate
 from bot.telegram_limits import SendLimits
-from handlers.callback_data import Action, encode
+from handlers.callback_data import SCOPE_MUNICIPALITY, Action, encode
 from handlers.start import MAX_INVALID_INVITATIONS
 from journey import keys
 from journey.events import EventStream, EventType
@@ -582,6 +582,28 @@ async def test_typed_municipality_creates_case(chat: Chat, store: CaseStore) -> 
     # The case gets the same reminder series as an invitation's case.
     state = await store.redis.hgetall(keys.reminder_state(case.case_id))
     assert float(state["invited_at"]) == case.created_at
+
+
+@pytest.mark.parametrize("action", ["bogus", "yess"])
+async def test_forged_municipality_tap_answered(
+    chat: Chat, store: CaseStore, action: str
+) -> None:
+    await chat.say("zwolle")
+    confirm = await chat.sent()
+    await chat.tap_data(confirm, f"{SCOPE_MUNICIPALITY}:GM0193:{action}")
+
+    answer = await chat.sent()
+    assert "opnieuw" in text_of(answer)
+    assert await store.find_by_chat(USER_ID) is None
+
+
+async def test_forged_municipality_tap_with_case(chat: Chat, store: CaseStore) -> None:
+    case, info = await open_case(chat, store)
+    await chat.tap_data(info, f"{SCOPE_MUNICIPALITY}:GM0193:bogus")
+
+    answer = await chat.sent()
+    assert "eerdere stap" in text_of(answer)
+    assert await step_of(store, case) is Step.INFO
 
 
 async def test_typed_name_with_typo_is_confirmed(chat: Chat) -> None:
