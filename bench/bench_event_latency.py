@@ -115,7 +115,8 @@ class ChatEventWatcher:
 
     def __init__(self, state: EmulatorState) -> None:
         self._state = state
-        self._cursor = 0
+        self._cursors: dict[int, int] = {}
+        """Per chat, how many of its events the watcher has looked at."""
         self._waiting: dict[int, list[_Expectation]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -142,7 +143,7 @@ class ChatEventWatcher:
 
         Only events recorded after this call count.
         """
-        events = self._state.events
+        events = self._state.events_by_chat.get(chat_id, [])
         after_seq = events[-1].seq if events else 0
         future: asyncio.Future[ChatEvent] = asyncio.get_running_loop().create_future()
         expectation = _Expectation(chat_id, after_seq, accept, future)
@@ -157,19 +158,21 @@ class ChatEventWatcher:
             await self._state.events_changed.wait(3600.0)
 
     def _scan(self) -> None:
-        events = self._state.events
-        while self._cursor < len(events):
-            event = events[self._cursor]
-            self._cursor += 1
-            waiting = self._waiting.get(event.chat_id)
-            if not waiting:
-                continue
-            for expectation in list(waiting):
-                if expectation.future.done():
-                    waiting.remove(expectation)
-                elif event.seq > expectation.after_seq and expectation.accept(event):
-                    expectation.future.set_result(event)
-                    waiting.remove(expectation)
+        # The emulator keeps events per chat, so only the chats with an
+        # expectation are read, each from where the last scan stopped.
+        for chat_id, waiting in self._waiting.items():
+            events = self._state.events_by_chat.get(chat_id, [])
+            cursor = self._cursors.get(chat_id, 0)
+            self._cursors[chat_id] = len(events)
+            for event in events[cursor:]:
+                for expectation in list(waiting):
+                    if expectation.future.done():
+                        waiting.remove(expectation)
+                    elif event.seq > expectation.after_seq and expectation.accept(
+                        event
+                    ):
+                        expectation.future.set_result(event)
+                        waiting.remove(expectation)
 
 
 def _text_is(text: str, kinds: tuple[str, ...]) -> Callable[[ChatEvent], bool]:
