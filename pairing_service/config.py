@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -48,6 +48,10 @@ this only trips under a distributed guessing attack; QR claims go on working."""
 
 MIN_TYPED_CODE_SECRET_LENGTH = 32
 """Same strength as the service token: 32 characters carry at least 128 bits."""
+
+MIN_METRICS_TOKEN_LENGTH = 32
+"""Same strength as the service token: the metrics sit on the public port, so
+the token must resist guessing as well as the internal API's does."""
 
 _TELEGRAM_USERNAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{4,31}")
 """Telegram usernames are 5-32 characters: letters, digits and underscores."""
@@ -97,6 +101,8 @@ class Settings:
     """Local times of day between which reminders go out (``REMINDER_SEND_WINDOW``)."""
     mail: MailSettings | None = None
     """The SMTP server for invitation e-mail; None sends no e-mail."""
+    metrics_token: str = field(default="", repr=False)
+    """Bearer token that ``GET /metrics`` requires; empty turns the metrics off."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -108,8 +114,8 @@ class Settings:
         seconds), ``DELIVERY_TIMEOUT_SECONDS``, ``DELIVERY_CONCURRENCY``,
         ``LOG_LEVEL``, ``TYPED_CODE_SECRET``, ``CLAIMS_PER_ADDRESS`` (per
         minute), ``TYPED_FAILURES_GLOBAL`` (per minute), ``REMINDER_SEND_WINDOW``
-        (``HH:MM-HH:MM``, Amsterdam time) and the ``SMTP_*`` variables of
-        ``pairing_service.mail.MailSettings``.
+        (``HH:MM-HH:MM``, Amsterdam time), ``METRICS_TOKEN`` and the ``SMTP_*``
+        variables of ``pairing_service.mail.MailSettings``.
 
         Raises:
             ConfigError: a variable is missing or invalid; the error names it.
@@ -197,7 +203,29 @@ class Settings:
             ),
             reminder_window=_window(environ, "REMINDER_SEND_WINDOW"),
             mail=_mail(environ),
+            metrics_token=_metrics_token(environ, token),
         )
+
+
+def _metrics_token(environ: Mapping[str, str], service_token: str) -> str:
+    token = environ.get("METRICS_TOKEN", "").strip()
+    if not token:
+        return ""
+    if len(token) < MIN_METRICS_TOKEN_LENGTH:
+        raise ConfigError(
+            "METRICS_TOKEN",
+            f"must be at least {MIN_METRICS_TOKEN_LENGTH} characters, got "
+            f"{len(token)}; generate one with 'openssl rand -base64 32'",
+        )
+    if token == service_token:
+        # Prometheus keeps this token in its configuration, and it must not
+        # open the internal API as well.
+        raise ConfigError(
+            "METRICS_TOKEN",
+            "must differ from SERVICE_TOKEN; generate one with "
+            "'openssl rand -base64 32'",
+        )
+    return token
 
 
 def _window(environ: Mapping[str, str], name: str) -> SendWindow:

@@ -4,13 +4,18 @@ Request metrics come from a middleware that labels each request with its
 route pattern (``/v1/cases/{case_id}/pairings``), never the path, because
 paths carry case ids and page ids. Pairings created and claimed are counted
 from the responses of their routes. Deliveries are counted by the delivery
-worker. The journey funnel (cases per step) is read from Redis at scrape
-time with a bounded scan (``journey.funnel``), so every replica reports the
-same numbers.
+worker. The journey funnel (cases per step) is read from Redis with a
+bounded scan (``journey.funnel``), so every replica reports the same numbers.
+A process counts it at most once every ``FUNNEL_CACHE_SECONDS``.
+
+``GET /metrics`` is on the public port, so it requires the bearer token in
+``METRICS_TOKEN`` and returns 404 while that setting is empty.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,10 +29,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from journey.clock import Clock
 from journey.funnel import count_cases_by_step
-from pairing_service.services import services_of
+from pairing_service.errors import ApiError
+from pairing_service.services import SERVICES, services_of
+from pairing_service.sessions import bearer_token
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +51,15 @@ usually lands within seconds; the retry schedule stretches to about 16 hours."""
 
 ATTEMPT_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15)
 """Seconds of one webhook request; the request timeout is 15 s by default."""
+
+FUNNEL_CACHE_SECONDS = 15.0
+"""Seconds for which scrapes reuse the last funnel count. It is the scrape
+interval of Prometheus's example configuration
+(``documentation/examples/prometheus.yml``). Unless a count failed, a scrape
+gets counts at most this old. Several scrapers or a retry storm cost one SCAN
+per interval per process."""
+
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="metrics"'}
 
 HTTP_REQUESTS = Counter(
     "gv_service_http_requests_total",
@@ -125,30 +143,125 @@ async def metrics_middleware(
         _count_pairing(request.method, route, status)
 
 
+class FunnelCache:
+    """The funnel gauges of one process, counted again once they are stale.
+
+    A count is stale ``interval`` seconds after it started, or when the clock
+    went back past its start. A lock makes concurrent scrapes of a stale count
+    wait for one SCAN instead of each starting their own.
+    """
+
+    __slots__ = ("_counted_at", "_interval", "_lock")
+
+    def __init__(self, interval: float = FUNNEL_CACHE_SECONDS) -> None:
+        self._interval = interval
+        self._counted_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def refresh(self, redis: Redis, clock: Clock) -> None:
+        """Count the cases per step into the gauges unless the last count is fresh.
+
+        A failed count also waits out the interval, because a Redis that
+        times out should not get a new SCAN with every retried scrape. Until
+        the next count the gauges keep their last values, and each failure
+        adds one to ``gv_cases_scan_failures_total``.
+        """
+        async with self._lock:
+            now = clock()
+            if self._is_fresh(now):
+                return
+            self._counted_at = now
+
+            try:
+                funnel = await count_cases_by_step(redis)
+            except (RedisError, OSError) as error:
+                FUNNEL_FAILURES.inc()
+                logger.warning("funnel count failed error=%s", type(error).__name__)
+                return
+
+            for step, count in funnel.by_step.items():
+                CASES_BY_STEP.labels(step).set(count)
+            FUNNEL_SCANNED.set(funnel.scanned)
+            FUNNEL_TRUNCATED.set(1 if funnel.truncated else 0)
+
+    def _is_fresh(self, now: float) -> bool:
+        counted_at = self._counted_at
+        if counted_at is None:
+            return False
+        return counted_at <= now < counted_at + self._interval
+
+
+FUNNEL_CACHE = web.AppKey("funnel_cache", FunnelCache)
+"""Application key of the process's ``FunnelCache``."""
+
+
 async def metrics(request: web.Request) -> web.Response:
     """``GET /metrics``: the service's metrics in Prometheus text format.
 
-    The funnel is counted first. When Redis is unreachable, the gauges keep
-    their last values and ``gv_cases_scan_failures_total`` goes up, so a
-    scrape still returns the other metrics.
+    The funnel gauges are counted again when their last count is older than
+    ``FUNNEL_CACHE_SECONDS``. When Redis is unreachable the scrape still
+    returns every metric, with the gauges at their last values.
+
+    Raises:
+        ApiError: 404 ``metrics_disabled`` when ``METRICS_TOKEN`` is not set;
+            401 ``metrics_token_required`` without a bearer token and 401
+            ``invalid_metrics_token`` with another one.
     """
-    try:
-        funnel = await count_cases_by_step(services_of(request).redis)
-    except (RedisError, OSError) as error:
-        FUNNEL_FAILURES.inc()
-        logger.warning("funnel count failed error=%s", type(error).__name__)
-    else:
-        for step, count in funnel.by_step.items():
-            CASES_BY_STEP.labels(step).set(count)
-        FUNNEL_SCANNED.set(funnel.scanned)
-        FUNNEL_TRUNCATED.set(1 if funnel.truncated else 0)
+    services = services_of(request)
+    require_metrics_token(request, services.settings.metrics_token)
+
+    await request.config_dict[FUNNEL_CACHE].refresh(services.redis, services.clock)
     body = generate_latest(REGISTRY)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def require_metrics_token(request: web.Request, expected: str) -> None:
+    """Check the request's bearer token against ``expected`` in constant time.
+
+    An empty ``expected`` means that the metrics are off.
+
+    Raises:
+        ApiError: 404 ``metrics_disabled``, 401 ``metrics_token_required`` or
+            401 ``invalid_metrics_token``.
+    """
+    if not expected:
+        raise ApiError(
+            404,
+            "metrics_disabled",
+            "metrics are off; set METRICS_TOKEN to serve them at /metrics",
+        )
+
+    presented = bearer_token(request)
+    if presented is None:
+        raise ApiError(
+            401,
+            "metrics_token_required",
+            "the metrics require 'Authorization: Bearer <METRICS_TOKEN>'",
+            headers=_CHALLENGE,
+        )
+
+    # aiohttp decodes header bytes that are not UTF-8 as surrogates, and
+    # surrogateescape turns them back into the bytes that were sent.
+    presented_bytes = presented.encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(presented_bytes, expected.encode()):
+        raise ApiError(
+            401,
+            "invalid_metrics_token",
+            "the bearer token is not the METRICS_TOKEN of this service",
+            headers=_CHALLENGE,
+        )
+
+
 def add_routes(app: web.Application) -> None:
-    """Register ``GET /metrics`` on ``app``."""
+    """Register ``GET /metrics`` and the funnel cache on ``app``.
+
+    ``app`` must already contain its ``Services``, whose settings decide
+    whether the metrics are on.
+    """
+    app[FUNNEL_CACHE] = FunnelCache()
     app.router.add_get("/metrics", metrics)
+    if not app[SERVICES].settings.metrics_token:
+        logger.info("metrics off: /metrics returns 404 until METRICS_TOKEN is set")
 
 
 def record_delivered(queued_at: float, now: float) -> None:

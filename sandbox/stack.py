@@ -101,6 +101,8 @@ class SandboxStack:
     redis: Redis
     service_url: str
     service_token: str
+    metrics_token: str
+    """Bearer token of the service's ``GET /metrics``."""
     emulator_url: str | None
     bot_username: str
     registry: MunicipalityRegistry
@@ -205,6 +207,7 @@ async def running_stack(
             emulator_app = runner.app
 
         service_token = secrets.token_urlsafe(32)
+        metrics_token = secrets.token_urlsafe(32)
         listener = _listen(host, service_port)
         service_url = f"http://{host}:{listener.getsockname()[1]}"
         settings = Settings(
@@ -216,6 +219,7 @@ async def running_stack(
             host=host,
             port=listener.getsockname()[1],
             delivery_retry_schedule=(0.5, 1.0, 2.0),
+            metrics_token=metrics_token,
         )
         if service_process:
             listener.close()
@@ -230,6 +234,7 @@ async def running_stack(
             redis=redis,
             service_url=service_url,
             service_token=service_token,
+            metrics_token=metrics_token,
             emulator_url=emulator_url,
             bot_username=bot_username,
             registry=registry,
@@ -299,6 +304,7 @@ async def _start_service_process(
     environment = {
         **os.environ,
         "SERVICE_TOKEN": settings.service_token,
+        "METRICS_TOKEN": settings.metrics_token,
         "PUBLIC_BASE_URL": settings.public_base_url,
         "BOT_USERNAME": settings.bot_username,
         "MUNICIPALITY_REGISTRY": str(settings.registry_path),
