@@ -31,7 +31,10 @@ def require_service_token(request: web.Request, expected: str) -> None:
         ApiError: 401 ``unauthorized`` when the token is missing or wrong.
     """
     presented = bearer_token(request) or ""
-    if not hmac.compare_digest(presented.encode(), expected.encode()):
+    # aiohttp decodes header bytes that are not UTF-8 as surrogates, so a
+    # plain encode() would raise. surrogateescape restores the bytes as sent.
+    presented_bytes = presented.encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(presented_bytes, expected.encode()):
         raise ApiError(
             401,
             "unauthorized",

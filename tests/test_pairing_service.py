@@ -273,6 +273,41 @@ async def test_create_case_with_wrong_token_is_401(service: Harness) -> None:
     assert (await response.json())["code"] == "unauthorized"
 
 
+async def raw_post(service: Harness, path: str, authorization: bytes) -> bytes:
+    """POST an empty JSON body with a raw ``Authorization`` header and return the reply.
+
+    aiohttp's client sends header values as UTF-8 only, so bytes that are not
+    UTF-8 need a plain socket.
+    """
+    port = service.client.port
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Authorization: " + authorization + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n"
+        b"Connection: close\r\n\r\n{}"
+    )
+    await writer.drain()
+    reply = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [("/v1/cases", b"unauthorized"), ("/app/v1/events", b"invalid_session")],
+    ids=["internal", "app"],
+)
+async def test_non_utf8_bearer_is_401(service: Harness, path: str, code: bytes) -> None:
+    reply = await raw_post(service, path, b"Bearer \xe9\xe9-latin-1-\xff")
+
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 401 Unauthorized"
+    assert b'"code": "' + code + b'"' in rest
+
+
 @pytest.mark.parametrize(
     ("code", "expected"),
     [
