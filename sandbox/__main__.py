@@ -138,6 +138,11 @@ def _print_welcome(stack: SandboxStack, token: str, deep_link: str) -> None:
         print(f"  Invitation link:  {deep_link}")
     print(f"  Pairing service:  {stack.service_url}")
     print(f"  Redis:            {stack.redis_url}")
+    # The sandbox's tokens are made for this run and reach only loopback.
+    print(
+        f"  Metrics:          curl -H 'Authorization: Bearer "
+        f"{stack.metrics_token}' {stack.service_url}/metrics"
+    )
     for endpoint in stack.municipalities.values():
         print(f"  Municipality:     {endpoint.name} receives at {endpoint.url}")
     print("  Play the Ockto app with the link behind 'Open de Ockto app':")
