@@ -8,6 +8,11 @@ A filter drops every record whose text contains a Telegram bot token, because
 httpx logs each request URL (``…/bot<token>/sendMessage``) at INFO and PTB
 includes URLs in some network errors. Dropping is safer than masking: a
 masked line could still leak the token in a form the pattern did not expect.
+
+A second filter shortens aiohttp's record of a request that its HTTP parser
+rejected. That record's traceback quotes the bytes around the fault (a
+header line, a piece of the body), which may contain an e-mail address or a
+pairing code, so only the exception's class and status are kept.
 """
 
 from __future__ import annotations
@@ -83,6 +88,36 @@ class SecretFilter(logging.Filter):
         return not contains_token(text)
 
 
+class ParserErrorFilter(logging.Filter):
+    """Replace a rejected HTTP request's traceback with the error's class and status.
+
+    aiohttp (3.14) logs ``Error handling request from <address>`` with the
+    parser's exception, whose message quotes the request's bytes. The record
+    keeps its level. It loses the exception and, as the access log does, the
+    client's address.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Strip the exception from a parser error record and keep the record."""
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None or not _is_http_parser_error(error):
+            return True
+        record.msg = "HTTP request rejected by the parser error=%s status=%s"
+        record.args = (type(error).__name__, getattr(error, "code", None))
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def _is_http_parser_error(error: BaseException) -> bool:
+    # Matched by name, because the domain core does not import aiohttp.
+    return any(
+        cls.__module__ == "aiohttp.http_exceptions"
+        and cls.__name__ == "HttpProcessingError"
+        for cls in type(error).__mro__
+    )
+
+
 def contains_token(text: str) -> bool:
     """Return whether ``text`` contains a bot token or a Bot API token URL."""
     return bool(BOT_TOKEN_PATTERN.search(text) or TOKEN_URL_PATTERN.search(text))
@@ -110,8 +145,9 @@ def configure_logging(
     has handlers of someone else (a test runner's, for example), unless
     ``force`` is set; then its handler is added next to them. A handler that
     an earlier call installed is replaced, so calling it twice is harmless.
-    The token filter is attached to the handler, so it also filters records
-    that libraries log through their own loggers.
+    The token filter and the parser error filter are attached to the
+    handler, so they also act on records that libraries log through their
+    own loggers.
     """
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -123,6 +159,7 @@ def configure_logging(
     handler = _KeyValueHandler(stream or sys.stderr)
     handler.setFormatter(KeyValueFormatter())
     handler.addFilter(SecretFilter())
+    handler.addFilter(ParserErrorFilter())
     root.addHandler(handler)
     root.setLevel(level)
 

@@ -17,15 +17,23 @@ class RouteAccessLogger(AbstractAccessLogger):
         self, request: web.BaseRequest, response: web.StreamResponse, time: float
     ) -> None:
         """Write one line for a finished request."""
-        route = "unmatched"
-        match_info = getattr(request, "match_info", None)
-        resource = match_info.route.resource if match_info is not None else None
-        if resource is not None:
-            route = resource.canonical
         self.logger.info(
             "request method=%s route=%s status=%s seconds=%.3f",
             request.method,
-            route,
+            _route_of(request),
             response.status,
             time,
         )
+
+
+def _route_of(request: web.BaseRequest) -> str:
+    # A request that aiohttp's parser rejected never reached the router.
+    # web.Request.match_info then fails an assertion instead of returning None.
+    try:
+        match_info = getattr(request, "match_info", None)
+    except AssertionError:
+        match_info = None
+    resource = match_info.route.resource if match_info is not None else None
+    if resource is None:
+        return "unmatched"
+    return resource.canonical

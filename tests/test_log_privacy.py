@@ -9,6 +9,7 @@ reads the formatted lines, as an operator's log collector would get them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
@@ -194,3 +195,47 @@ async def test_journey_logs_no_secrets(redis: Redis, redis_server: RedisServer) 
     assert re.search(rf"(?<!\d){USER_ID}(?!\d)", log) is None
     assert "@" + email.split("@", 1)[1] not in log
     assert _TOKEN_LIKE.findall(log) == []
+
+
+async def send_raw(url: str, request: bytes) -> bytes:
+    """Send ``request`` bytes to the HTTP server at ``url`` and return its reply."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    reply = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return reply
+
+
+async def test_rejected_request_logs_no_bytes(redis_server: RedisServer) -> None:
+    email = f"privacy-{secrets.token_hex(6)}@example.org"
+    code = secrets.token_urlsafe(33)
+    broken_chunks = (
+        b"POST /app/v1/claim HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+        + f'{{"code": "{code}", "email": "{email}"}}'.encode()
+    )
+    long_header = (
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"X-Note: {email} {'a' * 9000}\r\n\r\n".encode()
+    )
+
+    with production_logging() as production_log:
+        async with running_stack(
+            redis_url=redis_server.url, start_bot=False, access_log=True
+        ) as stack:
+            replies = [
+                await send_raw(stack.service_url, broken_chunks),
+                await send_raw(stack.service_url, long_header),
+            ]
+    log = "\n".join(production_lines(production_log.getvalue()))
+
+    for reply in replies:
+        assert reply.startswith(b"HTTP/1.0 400 Bad Request")
+    assert "HTTP request rejected by the parser error=" in log
+    assert "route=unmatched status=400" in log
+    assert "Traceback" not in log
+    assert email not in log
+    assert code not in log
