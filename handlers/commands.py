@@ -18,13 +18,12 @@ from handlers.common import (
     find_case,
     guard_button,
     remove_keyboard,
-    reply_language,
     send,
     send_notice_and_step,
     send_old_button,
     send_step,
 )
-from handlers.render import Reply, render_no_case, render_status, stop_markup
+from handlers.render import Reply, render_status, stop_markup
 from handlers.support import request_help
 from journey.steps import Step
 
@@ -46,8 +45,7 @@ async def handle_status(update: Update, context: Context) -> None:
     """Tell where the client is and what comes next, then show the step."""
     case = await find_case(update, context)
     if case is None:
-        language = await reply_language(update, context)
-        await send(update, context, render_no_case(language))
+        await send_notice_and_step(update, context, "status.no_case")
         return
     await send(update, context, render_status(case, get_services(context)))
 

@@ -131,7 +131,8 @@ async def guard_button(
     A button is valid when it carries the tag of the chat's open case and,
     unless ``allow_any_step``, the case is still in the button's step. For an
     invalid button the client gets "this button belongs to an earlier step"
-    and the current step, and None is returned.
+    and the current step, or "this button no longer works" when the chat has
+    no open case, and None is returned.
     """
     query = update.callback_query
     assert query is not None
@@ -140,8 +141,7 @@ async def guard_button(
     case = await find_case(update, context)
     data = decode(query.data)
     if case is None:
-        language = await reply_language(update, context)
-        await send(update, context, render_no_case(language))
+        await send_notice_and_step(update, context, "fallback.old_button_no_case")
         return None
 
     if data is None or data.tag != case_tag(case):
@@ -221,7 +221,9 @@ async def advance(
         await send_old_button(update, context)
         return None
     except CaseNotFound:
-        await send(update, context, render_no_case(language_of(update, case)))
+        language = language_of(update, case)
+        notice = translate("fallback.old_button_no_case", language)
+        await send(update, context, render_no_case(language, notice=notice))
         return None
 
     await remove_keyboard(update)

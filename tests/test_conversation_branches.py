@@ -247,6 +247,26 @@ async def test_unexpected_input_without_case(chat: Chat, kind: str) -> None:
         assert text_of(answer).endswith(translate("start.no_case", "nl"))
 
 
+async def test_button_of_finished_case(chat: Chat, store: CaseStore) -> None:
+    case = await case_in(store, chat, Step.INFO)
+    message = await any_bot_message(chat)
+    await store.finish(case.case_id, Event.CANCEL)
+
+    await chat.tap_data(message, encode(Step.INFO, case_tag(case), Action.START))
+
+    answer = await chat.sent()
+    assert text_of(answer).startswith(translate("fallback.old_button_no_case", "nl"))
+    assert text_of(answer).endswith(translate("start.no_case", "nl"))
+
+
+async def test_status_without_case(chat: Chat) -> None:
+    await chat.say("/status")
+
+    answer = await chat.sent()
+    assert text_of(answer).startswith(translate("status.no_case", "nl"))
+    assert text_of(answer).endswith(translate("start.no_case", "nl"))
+
+
 @pytest.mark.parametrize("kind", ["contact", "location"])
 async def test_shared_contact_not_stored(
     chat: Chat, store: CaseStore, module_redis: Redis, kind: str
