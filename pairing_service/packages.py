@@ -31,6 +31,11 @@ PACKAGE_CONTENT_TYPE = "application/octet-stream"
 
 _UPLOAD_STEPS: frozenset[Step] = frozenset({Step.FETCHING, Step.REVIEW})
 
+_PACKAGE_HELD_STEPS: frozenset[Step] = frozenset(
+    {Step.CONSENT, Step.CONSENT_PARTNER, Step.DELIVERING, Step.DELIVERY_FAILED}
+)
+"""Steps of a case whose package has arrived and is not yet delivered or deleted."""
+
 # KEYS[1] package hash. ARGV[1] TTL, then field/value pairs.
 # Stores the package only if the case has none yet, so a repeated or a
 # concurrent upload cannot replace the package the client is asked about.
@@ -142,6 +147,10 @@ async def receive_package(
             "unsupported_media_type",
             f"the package must be sent as {PACKAGE_CONTENT_TYPE}",
         )
+    # An app that lost the answer to its upload and sends it again learns
+    # that the first one arrived, rather than getting a step conflict.
+    if case.step in _PACKAGE_HELD_STEPS:
+        raise _already_received()
     if case.step not in _UPLOAD_STEPS:
         raise TransitionRejected(case.step, Event.PACKAGE_RECEIVED)
     municipality = services.registry.get(case.municipality_code)
@@ -168,9 +177,7 @@ async def receive_package(
 
     upload_id = await store_sealed(services, case.case_id, sealed)
     if upload_id is None:
-        raise ApiError(
-            409, "package_already_received", "this case already has a package"
-        )
+        raise _already_received()
 
     try:
         updated = await services.store.apply(
@@ -198,3 +205,7 @@ async def receive_package(
         sealed.key_id,
     )
     return sealed
+
+
+def _already_received() -> ApiError:
+    return ApiError(409, "package_already_received", "this case already has a package")

@@ -696,6 +696,7 @@ async def test_second_upload_is_409(service: Harness) -> None:
         await app.upload_package(synthetic_package("second"))
     case = await service.store.get(case_id)
     assert second.value.status == 409
+    assert second.value.code == "package_already_received"
     assert case.package_digest == first.sha256
 
 
