@@ -147,7 +147,7 @@ async def receive_package(
             "unsupported_media_type",
             f"the package must be sent as {PACKAGE_CONTENT_TYPE}",
         )
-    # An app that lost the answer to its upload and sends it again learns
+    # An app that lost the response to its upload and sends it again learns
     # that the first one arrived, rather than getting a step conflict.
     if case.step in _PACKAGE_HELD_STEPS:
         raise _already_received()
