@@ -13,9 +13,10 @@ Part 2 measures updates per second on the same emulator. In each round
 ``--updates`` users each send one text, and the clock stops when every user
 has the bot's reply. The project's bot replies with its "unexpected text"
 notice and the current step. The baseline is a bare python-telegram-bot
-application with one handler that echoes the text, built with the same
-``AIORateLimiter`` defaults (30 messages a second overall), so both obey
-Telegram's send limits. It prints the medians over the rounds and the ratio
+application with one handler that echoes the text, built with PTB's
+``AIORateLimiter`` at its defaults (30 messages a second overall), so both
+obey Telegram's send limits: the project's bot through its Redis-shared
+limiter, the echo bot in its own process. It prints the medians over the rounds and the ratio
 bot/echo.
 
 The emulator's own flood control is off unless ``--telegram-limits`` is set.
