@@ -15,7 +15,7 @@ from typing import Any
 from journey.events import EventType
 from journey.model import Case
 from journey.sources import PERSONS, SOURCES
-from journey.steps import Event, Step
+from journey.steps import Event, Step, TransitionRejected
 from pairing_service.bodies import string_field
 from pairing_service.errors import ApiError
 from pairing_service.services import Services
@@ -44,8 +44,9 @@ async def record_app_event(
 
     Raises:
         ApiError: 422 ``invalid_field`` or ``no_partner`` for an event that
-            does not fit the case.
-        TransitionRejected: the case is past the fetching steps.
+            does not fit the case, 409 ``step_conflict`` when the case is past
+            the fetching steps.
+        TransitionRejected: ``review_ready`` when the case is past fetching.
     """
     event_type = string_field(document, "type", choices=APP_EVENT_TYPES)
 
@@ -78,9 +79,18 @@ async def record_app_event(
                 entry[name] = value
         return {"progress": progress}
 
-    updated = await services.store.modify(
-        case.case_id, merge, allowed_steps=_PROGRESS_STEPS
-    )
+    try:
+        updated = await services.store.modify(
+            case.case_id, merge, allowed_steps=_PROGRESS_STEPS
+        )
+    except TransitionRejected as rejected:
+        # The store names a stand-in event, so the message names the app's own.
+        raise ApiError(
+            409,
+            "step_conflict",
+            f"event {event_type!r} is not accepted in step "
+            f"{rejected.step.value!r}, which takes no more progress",
+        ) from None
     await services.events.publish(
         EventType.PROGRESS, case.case_id, progress=updated.progress
     )

@@ -700,6 +700,21 @@ async def test_second_upload_is_409(service: Harness) -> None:
     assert case.package_digest == first.sha256
 
 
+async def test_progress_after_package_is_409(service: Harness) -> None:
+    case_id = await service.case_in_app_step()
+    app = service.simulator()
+    await app.claim((await service.create_pairing(case_id))["app_link"])
+    await app.upload_package(synthetic_package("progress-after"))
+
+    with pytest.raises(AppApiError) as late:
+        await app.fetch_source("uwv")
+
+    assert late.value.status == 409
+    assert late.value.code == "step_conflict"
+    assert "'source_fetched'" in late.value.message
+    assert "'consent'" in late.value.message
+
+
 # --- consent ---------------------------------------------------------------
 
 
