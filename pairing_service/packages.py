@@ -23,6 +23,7 @@ from journey.package import FORMAT_VERSION, MAX_PACKAGE_BYTES, SealedPackage, se
 from journey.steps import Event, Step, TransitionRejected
 from pairing_service.bodies import read_limited
 from pairing_service.errors import ApiError
+from pairing_service.progress import require_partner_done
 from pairing_service.services import Services
 
 logger = logging.getLogger(__name__)
@@ -135,9 +136,10 @@ async def receive_package(
 
     Raises:
         ApiError: 415 for another content type, 413 ``package_too_large``, 422
-            ``empty_package``, 409 ``package_already_received``, or 409
-            ``municipality_unavailable`` when the municipality takes no
-            deliveries.
+            ``empty_package``, 409 ``package_already_received``, 409
+            ``partner_not_done`` when the case has a partner who has not
+            finished, or 409 ``municipality_unavailable`` when the
+            municipality takes no deliveries.
         TransitionRejected: the case is not fetching or in review.
     """
     content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
@@ -153,6 +155,7 @@ async def receive_package(
         raise _already_received()
     if case.step not in _UPLOAD_STEPS:
         raise TransitionRejected(case.step, Event.PACKAGE_RECEIVED)
+    require_partner_done(case, "the package")
     municipality = services.registry.get(case.municipality_code)
     if municipality is None or not municipality.participates:
         raise ApiError(

@@ -45,7 +45,8 @@ async def record_app_event(
     Raises:
         ApiError: 422 ``invalid_field`` or ``no_partner`` for an event that
             does not fit the case, 409 ``step_conflict`` when the case is past
-            the fetching steps.
+            the fetching steps, 409 ``partner_not_done`` for ``review_ready``
+            in a case whose partner has not finished.
         TransitionRejected: ``review_ready`` when the case is past fetching.
     """
     event_type = string_field(document, "type", choices=APP_EVENT_TYPES)
@@ -100,11 +101,38 @@ async def record_app_event(
     return updated.step
 
 
+def require_partner_done(case: Case, action: str) -> None:
+    """Reject ``action`` for a case with a partner who has not finished in the app.
+
+    The municipality needs the data of both partners, so the app may not
+    move to the review or send the package before ``partner_done``.
+
+    Raises:
+        ApiError: 409 ``partner_not_done``.
+    """
+    if not case.has_partner:
+        return
+    partner = case.progress.get("partner")
+    if isinstance(partner, dict) and partner.get("done") is True:
+        return
+    logger.info(
+        "partner not done, request rejected case=%s action=%s", case.ref, action
+    )
+    raise ApiError(
+        409,
+        "partner_not_done",
+        f"{action} needs the partner's data first; send partner_done when the "
+        "partner has logged in and their sources are fetched",
+    )
+
+
 async def _review_ready(services: Services, case: Case) -> Step:
     # The app may repeat the event after a lost response. A case already in
     # review stays there and nothing is published twice.
     if case.step is Step.REVIEW:
         return case.step
+    if case.step is Step.FETCHING:
+        require_partner_done(case, "review_ready")
     updated = await services.store.apply(
         case.case_id, Event.REVIEW_READY, expected_step=Step.FETCHING
     )

@@ -600,6 +600,41 @@ async def test_review_ready_moves_to_review(service: Harness) -> None:
     assert [event.type for event in events].count(EventType.REVIEW_READY) == 1
 
 
+async def test_review_before_partner_done_is_409(service: Harness) -> None:
+    case_id = await service.case_in_app_step(partner=True)
+    app = service.simulator()
+    await app.claim((await service.create_pairing(case_id))["app_link"])
+    await app.digid_login("client")
+    with pytest.raises(AppApiError) as rejected:
+        await app.review_ready()
+    before = await service.store.get(case_id)
+    await app.partner_done()
+    after = await app.review_ready()
+
+    assert rejected.value.status == 409
+    assert rejected.value.code == "partner_not_done"
+    assert before.step is Step.FETCHING
+    assert after == "review"
+
+
+async def test_package_before_partner_done_is_409(service: Harness) -> None:
+    case_id = await service.case_in_app_step(partner=True)
+    app = service.simulator()
+    await app.claim((await service.create_pairing(case_id))["app_link"])
+    with pytest.raises(AppApiError) as rejected:
+        await app.upload_package(b'{"client": {}}')
+    stored = await service.redis.exists(keys.package(case_id))
+    await app.partner_done()
+    uploaded = await app.upload_package(b'{"client": {}, "partner": {}}')
+    case = await service.store.get(case_id)
+
+    assert rejected.value.status == 409
+    assert rejected.value.code == "partner_not_done"
+    assert not stored
+    assert uploaded.size > 0
+    assert case.step is Step.CONSENT
+
+
 async def test_partner_event_without_partner_is_422(service: Harness) -> None:
     case_id = await service.case_in_app_step(partner=False)
     app = service.simulator()
