@@ -29,6 +29,7 @@ from pairing_service.errors import ApiError
 from pairing_service.ratelimit import subject_hash
 from pairing_service.services import Services
 from pairing_service.typed_codes import (
+    ALPHABET,
     MAX_TYPED_ATTEMPTS,
     TypedCode,
     code_digest,
@@ -230,7 +231,7 @@ _CLAIM_ERRORS: dict[str, tuple[int, str]] = {
 
 _MALFORMED_MESSAGE = (
     "a pairing code is 44 URL-safe base64 characters (QR code) or 8 letters "
-    "shown as XXXX-XXXX (typed code)"
+    f"from {ALPHABET} shown as XXXX-XXXX (typed code)"
 )
 
 

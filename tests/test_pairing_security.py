@@ -383,6 +383,16 @@ async def test_10000_wrong_claims_are_limited(
     assert claimed.confirmation_code == pairing["confirmation_code"]
 
 
+async def test_vowel_code_names_the_alphabet(
+    clocked: tuple[Harness, FakeClock],
+) -> None:
+    service, _clock = clocked
+    status, body = await claim_status(service, "ABCD-EFGH")
+    assert status == 400
+    assert body["code"] == "malformed_code"
+    assert ALPHABET in body["message"]
+
+
 async def test_malformed_codes_count_per_address(
     clocked: tuple[Harness, FakeClock],
 ) -> None:
