@@ -43,13 +43,19 @@ async def read_json_object(
 ) -> dict[str, Any]:
     """Read the body as a JSON object.
 
+    A body must come as ``application/json`` (or a ``+json`` type) in UTF-8.
+    A browser sends ``text/plain`` to another site without asking first, so
+    refusing other types keeps a web page from posting here for its visitor.
+
     Raises:
         ApiError: 400 ``invalid_json`` when the body is not a JSON object, 413
-            when it is over ``MAX_JSON_BYTES``.
+            when it is over ``MAX_JSON_BYTES``, 415 ``unsupported_media_type``
+            when a body comes with another type or character set.
     """
     raw = await read_limited(request, MAX_JSON_BYTES)
     if not raw.strip() and allow_empty:
         return {}
+    _require_json_type(request)
     try:
         document = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -57,6 +63,22 @@ async def read_json_object(
     if not isinstance(document, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
     return document
+
+
+def _require_json_type(request: web.Request) -> None:
+    media_type = request.content_type.lower()
+    charset = (request.charset or "utf-8").lower()
+    is_json = media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+    if is_json and charset in ("utf-8", "utf8"):
+        return
+    if is_json:
+        message = f"the JSON body must be UTF-8, not {charset!r}"
+    else:
+        # aiohttp reports a missing Content-Type as application/octet-stream.
+        message = f"the body must be sent as application/json, not {media_type!r}"
+    raise ApiError(415, "unsupported_media_type", message)
 
 
 def string_field(

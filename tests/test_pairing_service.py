@@ -339,6 +339,45 @@ async def test_create_case_bad_json_is_400(service: Harness) -> None:
     assert (await response.json())["code"] == "invalid_json"
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/json; charset=latin-1",
+    ],
+)
+async def test_json_body_of_other_type_is_415(
+    service: Harness, content_type: str | None
+) -> None:
+    headers = dict(service.auth())
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    response = await service.client.post(
+        "/v1/cases", data=b'{"municipality_code": "GM0193"}', headers=headers
+    )
+    body = await response.json()
+    cases = [key async for key in service.redis.scan_iter(match="*:case")]
+
+    assert response.status == 415
+    assert body["code"] == "unsupported_media_type"
+    assert body["message"]
+    assert cases == []
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=UTF-8", "application/merge-patch+json"]
+)
+async def test_json_body_types_accepted(service: Harness, content_type: str) -> None:
+    response = await service.client.post(
+        "/v1/cases",
+        data=b'{"municipality_code": "GM0193"}',
+        headers={**service.auth(), "Content-Type": content_type},
+    )
+    assert response.status == 201
+
+
 async def test_create_case_bad_email_is_422(service: Harness) -> None:
     response = await service.client.post(
         "/v1/cases",
