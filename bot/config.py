@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from bot.support.hours import OpeningHours, OpeningHoursError
 from bot.telegram_limits import SendLimits
 from journey.redis_client import SCHEMES as REDIS_SCHEMES
+from journey.tokens import MIN_SERVICE_TOKEN_LENGTH
 
 DEFAULT_API_BASE_URL = "https://api.telegram.org/bot"
 """PTB appends the bot token and the method name to this base."""
@@ -182,7 +183,7 @@ class BotSettings:
             telegram_token=_token(env),
             redis_url=_redis_url(env),
             pairing_service_url=_url(env, "PAIRING_SERVICE_URL", None).rstrip("/"),
-            service_token=_required(env, "SERVICE_TOKEN"),
+            service_token=_service_token(env),
             municipality_registry=Path(registry),
             api_base_url=api_base_url,
             file_base_url=file_base_url,
@@ -209,6 +210,16 @@ def _required(env: Mapping[str, str], name: str) -> str:
     if not value:
         raise ConfigError(f"{name} is not set")
     return value
+
+
+def _service_token(env: Mapping[str, str]) -> str:
+    token = _required(env, "SERVICE_TOKEN")
+    if len(token) < MIN_SERVICE_TOKEN_LENGTH:
+        raise ConfigError(
+            f"SERVICE_TOKEN must be at least {MIN_SERVICE_TOKEN_LENGTH} characters, "
+            f"got {len(token)}; use the same token as the pairing service"
+        )
+    return token
 
 
 def _token(env: Mapping[str, str]) -> str:

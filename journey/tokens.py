@@ -23,6 +23,10 @@ PART_LENGTH = 22
 
 TOKEN_LENGTH = 2 * PART_LENGTH
 
+MIN_SERVICE_TOKEN_LENGTH = 32
+"""Shortest service token the bot and the service accept: 32 URL-safe
+characters carry 192 bits, well above the 128 bits asked of secrets."""
+
 _PART_PATTERN = re.compile(r"[A-Za-z0-9_-]{22}")
 _TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{44}")
 

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from journey import keys
 from journey.redis_client import SCHEMES as REDIS_SCHEMES
 from journey.reminders import DEFAULT_WINDOW, SendWindow, WindowError
+from journey.tokens import MIN_SERVICE_TOKEN_LENGTH
 from pairing_service.mail import MailSettings
 from pairing_service.retry import DEFAULT_RETRY_SCHEDULE
 
@@ -19,8 +20,6 @@ DEFAULT_HOST = "127.0.0.1"
 """Loopback by default; a container sets HOST=0.0.0.0 behind its own network."""
 DEFAULT_PORT = 8080
 
-MIN_SERVICE_TOKEN_LENGTH = 32
-"""32 URL-safe characters carry 192 bits, well above the 128 bits asked of secrets."""
 
 MIN_PAIRING_TTL_SECONDS = 60
 """A code must live long enough to walk from the computer to the phone and scan."""
@@ -155,7 +154,7 @@ class Settings:
                 "or rediss+cluster://",
             )
 
-        log_level = environ.get("LOG_LEVEL", "INFO").upper()
+        log_level = environ.get("LOG_LEVEL", "INFO").strip().upper()
         if log_level not in _LOG_LEVELS:
             raise ConfigError("LOG_LEVEL", f"must be one of {', '.join(_LOG_LEVELS)}")
 

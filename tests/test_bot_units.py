@@ -95,6 +95,7 @@ def test_missing_variable_is_named(tmp_path: Path, variable: str) -> None:
         ("TELEGRAM_POLL_TIMEOUT", "30000"),
         ("TELEGRAM_BOT_TOKEN", "123 456"),
         ("MUNICIPALITY_REGISTRY", "/no/such/registry.json"),
+        ("SERVICE_TOKEN", "s" * 31),
     ],
 )
 def test_invalid_variable_is_named(tmp_path: Path, variable: str, value: str) -> None:
