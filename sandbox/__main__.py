@@ -27,6 +27,8 @@ logger = logging.getLogger("sandbox")
 
 DEFAULT_EMULATOR_PORT = 8081
 DEFAULT_SERVICE_PORT = 8080
+PUBLIC_HOST_VARIABLE = "SANDBOX_PUBLIC_HOST"
+"""Default of ``--public-host``, so the compose file can set it."""
 HEADLESS_USER_ID = 424242
 """Telegram user id of the scripted client."""
 
@@ -43,7 +45,18 @@ def main(argv: list[str] | None = None) -> int:
         "--partner", action="store_true", help="headless: the client has a partner"
     )
     parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1); 0.0.0.0 only in a "
+        "container whose ports are published on the host's loopback interface",
+    )
+    parser.add_argument(
+        "--public-host",
+        type=_public_host,
+        default=os.environ.get(PUBLIC_HOST_VARIABLE) or None,
+        help="host name in the printed addresses and the app links, such as the "
+        f"host a container's ports are published on (default ${PUBLIC_HOST_VARIABLE}"
+        ", else the listen address)",
     )
     parser.add_argument(
         "--emulator-port",
@@ -122,6 +135,7 @@ async def _interactive(arguments: argparse.Namespace) -> int:
         emulator_port=_port(arguments.emulator_port, DEFAULT_EMULATOR_PORT),
         service_port=_port(arguments.service_port, DEFAULT_SERVICE_PORT),
         telegram_token=telegram_token,
+        public_host=arguments.public_host,
     ) as stack:
         invitation = await stack.invite()
         _print_welcome(stack, invitation.token, invitation.deep_link)
@@ -136,19 +150,30 @@ def _print_welcome(stack: SandboxStack, token: str, deep_link: str) -> None:
         print(f"  Send this there:  /start {token}")
     else:
         print(f"  Invitation link:  {deep_link}")
-    print(f"  Pairing service:  {stack.service_url}")
+    print(f"  Pairing service:  {stack.public_service_url}")
     print(f"  Redis:            {stack.redis_url}")
     # The sandbox's tokens are made for this run and reach only loopback.
     print(
         f"  Metrics:          curl -H 'Authorization: Bearer "
-        f"{stack.metrics_token}' {stack.service_url}/metrics"
+        f"{stack.metrics_token}' {stack.public_service_url}/metrics"
     )
     for endpoint in stack.municipalities.values():
         print(f"  Municipality:     {endpoint.name} receives at {endpoint.url}")
     print("  Play the Ockto app with the link behind 'Open de Ockto app':")
-    print(f"    {sys.executable} -m sandbox.phone {stack.service_url} '<link>'")
+    print(f"    {sys.executable} -m sandbox.phone {stack.public_service_url} '<link>'")
     print("Stop with Ctrl-C.")
     sys.stdout.flush()
+
+
+def _public_host(text: str) -> str:
+    # The app link is a button of the QR message, and Telegram rejects a
+    # button whose http(s) host has no dot, such as http://localhost.
+    if "." not in text and ":" not in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no dot, and Telegram rejects such a host in a button; "
+            "use an IP address such as 127.0.0.1 or a domain name"
+        )
+    return text
 
 
 def _port(requested: int | None, default: int) -> int:

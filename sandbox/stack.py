@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -100,6 +102,7 @@ class SandboxStack:
     redis_url: str
     redis: Redis
     service_url: str
+    """The service as this machine reaches it; the bot and tests call it."""
     service_token: str
     metrics_token: str
     """Bearer token of the service's ``GET /metrics``."""
@@ -111,13 +114,22 @@ class SandboxStack:
     bot: Any = None
     emulator_app: web.Application | None = None
     """The emulator's aiohttp app, for tests that inspect its state directly."""
+    public_host: str | None = None
+    """Host name in the addresses for a person, such as the one the ports of a
+    container are published on; None uses the host of ``service_url``."""
+
+    @property
+    def public_service_url(self) -> str:
+        """The service as a person's browser and phone simulator reach it; the
+        origin of the QR page and the app links."""
+        return _with_host(self.service_url, self.public_host)
 
     @property
     def chat_page_url(self) -> str | None:
         """The emulator's chat page, for a person; None against real Telegram."""
         if self.emulator_url is None:
             return None
-        return f"{self.emulator_url}/chat"
+        return f"{_with_host(self.emulator_url, self.public_host)}/chat"
 
     def receiver(self, code: str = DEFAULT_MUNICIPALITY) -> MunicipalityReceiver:
         """Return the receiver of one municipality."""
@@ -160,8 +172,14 @@ async def running_stack(
     start_bot: bool = True,
     access_log: bool = False,
     service_process: bool = False,
+    public_host: str | None = None,
 ) -> AsyncIterator[SandboxStack]:
     """Start the whole product and yield its addresses; stop it all on exit.
+
+    The service and the emulator listen on ``host``; ``0.0.0.0`` or ``::``
+    serve a container's published ports, and the parts inside then reach each
+    other on loopback. ``public_host`` replaces the host in the addresses
+    for a person: the chat page, the QR page and the app links.
 
     Without ``redis_url`` a private redis-server runs on a free port. With
     ``telegram_token`` the bot talks to real Telegram and no emulator starts.
@@ -169,6 +187,7 @@ async def running_stack(
     (``pairing_service.access_log``). ``rate_limits`` are the emulator's, and
     ``send_limits`` the bot's own (Telegram's when None).
     """
+    local_host = _local_host(host)
     workdir = Path(tempfile.mkdtemp(prefix="gv-sandbox-"))
     redis_server: RedisServer | None = None
     async with contextlib.AsyncExitStack() as stack:
@@ -184,7 +203,8 @@ async def running_stack(
         for municipality in SANDBOX_MUNICIPALITIES:
             if not municipality.participates:
                 continue
-            endpoint = await _start_endpoint(municipality, host)
+            # Only the service posts to the receivers, so they stay on loopback.
+            endpoint = await _start_endpoint(municipality, local_host)
             stack.push_async_callback(endpoint.receiver_runner.cleanup)
             endpoints[municipality.code] = endpoint.endpoint
         registry_path = workdir / "municipalities.json"
@@ -197,22 +217,24 @@ async def running_stack(
         emulator_app: web.Application | None = None
         bot_username = EMULATOR_BOT_USERNAME
         if telegram_token is None:
-            runner, emulator_url = await start_emulator(
+            runner, bound_url = await start_emulator(
                 host,
                 emulator_port,
+                allow_all_interfaces=True,
                 bot_username=EMULATOR_BOT_USERNAME,
                 rate_limits=rate_limits,
             )
+            emulator_url = _with_host(bound_url, local_host)
             stack.push_async_callback(runner.cleanup)
             emulator_app = runner.app
 
         service_token = secrets.token_urlsafe(32)
         metrics_token = secrets.token_urlsafe(32)
         listener = _listen(host, service_port)
-        service_url = f"http://{host}:{listener.getsockname()[1]}"
+        service_url = f"http://{_authority(local_host)}:{listener.getsockname()[1]}"
         settings = Settings(
             service_token=service_token,
-            public_base_url=service_url,
+            public_base_url=_with_host(service_url, public_host),
             bot_username=bot_username,
             registry_path=registry_path,
             redis_url=redis_url,
@@ -241,6 +263,7 @@ async def running_stack(
             registry_path=registry_path,
             municipalities=endpoints,
             emulator_app=emulator_app,
+            public_host=public_host,
         )
         if start_bot:
             bot_settings = BotSettings(
@@ -320,7 +343,8 @@ async def _start_service_process(
         sys.executable, "-m", "pairing_service", env=environment
     )
     stack.push_async_callback(_stop_process, process)
-    await _wait_until_healthy(settings.public_base_url, process)
+    local_url = f"http://{_authority(_local_host(settings.host))}:{settings.port}"
+    await _wait_until_healthy(local_url, process)
 
 
 async def _wait_until_healthy(
@@ -426,3 +450,25 @@ def _listen(host: str, port: int) -> socket.socket:
     listener.bind((host, port))
     listener.listen(128)
     return listener
+
+
+def _local_host(host: str) -> str:
+    # A listener on every interface is reached here through loopback.
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if not address.is_unspecified:
+        return host
+    return "::1" if address.version == 6 else "127.0.0.1"
+
+
+def _authority(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _with_host(url: str, host: str | None) -> str:
+    if host is None:
+        return url
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"{_authority(host)}:{parts.port}").geturl()

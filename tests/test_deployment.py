@@ -5,7 +5,9 @@ Compose Specification's JSON schema (``tests/data/compose-spec.json``; its
 source is in ``tests/data/README.md``). Every service command must be a
 console script of this project, every variable the code reads must be in
 the README's table, and no secret may have a literal value or default in the
-compose file. The Dockerfile's COPY sources must exist.
+compose file. Every variable of that table reaches the compose service of
+each process that reads it, and the sandbox publishes the ports it prints.
+The Dockerfile's COPY sources must exist.
 """
 
 from __future__ import annotations
@@ -47,6 +49,27 @@ DIRECT_READ = re.compile(
 named constants such as ``CLUSTER_VARIABLE = "REDIS_CLUSTER"``."""
 
 README_ROW = re.compile(r"^\|\s*`([A-Z][A-Z0-9_]+)`\s*\|", re.MULTILINE)
+
+README_PROCESS = re.compile(
+    r"^\|\s*`([A-Z][A-Z0-9_]+)`\s*\|\s*([^|]+?)\s*\|", re.MULTILINE
+)
+"""A row of the settings table: the variable and the processes that read it."""
+
+PROCESS_SERVICES = {"bot": "bot", "service": "pairing-service", "sandbox": "sandbox"}
+"""The compose service that runs each process of the README's table."""
+
+WITHHELD_FROM_COMPOSE = {("sandbox", "TELEGRAM_BOT_TOKEN")}
+"""Variables a process reads that its compose service must not get: with the
+bot's token the sandbox would poll real Telegram and take the production
+bot's updates."""
+
+PROCESS_PACKAGES = {"bot": ("bot", "handlers"), "service": ("pairing_service",)}
+"""Packages whose ``from_env`` settings belong to one process."""
+
+EMPTY_DEFAULT = re.compile(r"\$\{[A-Z0-9_]+:?-\}")
+"""``${NAME:-}``: an unset host variable becomes an empty string."""
+
+LOOPBACK_PORT = re.compile(r"^127\.0\.0\.1:(\d+):(\d+)$")
 
 VALID_ENVIRONMENT = {
     "TELEGRAM_BOT_TOKEN": "123456:deployment-test-token",
@@ -111,9 +134,13 @@ def from_env_classes() -> list[type]:
     return list(found.values())
 
 
-def variables_read_by_from_env(registry: Path) -> set[str]:
+def variables_read_by_from_env(
+    registry: Path, packages: tuple[str, ...] = CODE_PACKAGES
+) -> set[str]:
     names: set[str] = set()
     for settings_class in from_env_classes():
+        if settings_class.__module__.partition(".")[0] not in packages:
+            continue
         environ = RecordingEnvironment(
             {**VALID_ENVIRONMENT, "MUNICIPALITY_REGISTRY": str(registry)}
         )
@@ -124,9 +151,9 @@ def variables_read_by_from_env(registry: Path) -> set[str]:
     return names
 
 
-def variables_read_directly() -> set[str]:
+def variables_read_directly(packages: tuple[str, ...] = CODE_PACKAGES) -> set[str]:
     names: set[str] = set()
-    for package_name in CODE_PACKAGES:
+    for package_name in packages:
         for path in (ROOT / package_name).rglob("*.py"):
             for match in DIRECT_READ.finditer(path.read_text(encoding="utf-8")):
                 names.add(match.group(1) or match.group(2))
@@ -135,6 +162,23 @@ def variables_read_directly() -> set[str]:
 
 def readme_variables() -> set[str]:
     return set(README_ROW.findall(README.read_text(encoding="utf-8")))
+
+
+def readme_variables_of(process: str) -> set[str]:
+    rows = README_PROCESS.findall(README.read_text(encoding="utf-8"))
+    return {
+        variable
+        for variable, processes in rows
+        if process in (name.strip() for name in processes.split(","))
+    }
+
+
+def sandbox_variables() -> set[str]:
+    return variables_read_directly(("sandbox",))
+
+
+def option_value(command: list[str], option: str) -> str:
+    return command[command.index(option) + 1]
 
 
 @pytest.fixture
@@ -217,7 +261,11 @@ def test_compose_secrets_have_no_default(compose: dict[str, Any]) -> None:
 def test_compose_variables_are_known(
     compose: dict[str, Any], registry_file: Path
 ) -> None:
-    known = variables_read_by_from_env(registry_file) | variables_read_directly()
+    known = (
+        variables_read_by_from_env(registry_file)
+        | variables_read_directly()
+        | sandbox_variables()
+    )
     for name, service in compose["services"].items():
         if "build" not in service:
             continue
@@ -229,6 +277,78 @@ def test_readme_lists_every_variable(registry_file: Path) -> None:
     read = variables_read_by_from_env(registry_file) | variables_read_directly()
     missing = sorted(read - readme_variables())
     assert missing == []
+
+
+@pytest.mark.parametrize("process", sorted(PROCESS_SERVICES))
+def test_compose_passes_every_setting(compose: dict[str, Any], process: str) -> None:
+    service = compose["services"][PROCESS_SERVICES[process]]
+    environment = service.get("environment") or {}
+    expected = readme_variables_of(process)
+    assert expected
+    withheld = {name for owner, name in WITHHELD_FROM_COMPOSE if owner == process}
+    missing = sorted(expected - withheld - set(environment))
+    assert missing == []
+    for variable in withheld:
+        assert variable not in environment, variable
+
+
+def test_compose_keeps_unset_variables_unset(compose: dict[str, Any]) -> None:
+    # An empty string is a value: DELIVERY_RETRY_SCHEDULE= means no retries,
+    # and LOG_LEVEL= is rejected. A key with no value stays unset instead.
+    for name, service in compose["services"].items():
+        for variable, value in (service.get("environment") or {}).items():
+            assert value != "", (name, variable)
+            assert not EMPTY_DEFAULT.search(str(value)), (name, variable, value)
+
+
+@pytest.mark.parametrize("process", sorted(PROCESS_PACKAGES))
+def test_readme_names_the_reading_process(registry_file: Path, process: str) -> None:
+    read = variables_read_by_from_env(registry_file, PROCESS_PACKAGES[process])
+    assert read
+    missing = sorted(read - readme_variables_of(process))
+    assert missing == []
+
+
+def test_readme_lists_sandbox_variables() -> None:
+    missing = sorted(sandbox_variables() - readme_variables_of("sandbox"))
+    assert missing == []
+
+
+def test_compose_sandbox_publishes_printed_ports(compose: dict[str, Any]) -> None:
+    sandbox = compose["services"]["sandbox"]
+    command = sandbox["command"]
+    printed = {
+        option_value(command, "--emulator-port"),
+        option_value(command, "--service-port"),
+    }
+    published: dict[str, str] = {}
+    for mapping in sandbox["ports"]:
+        match = LOOPBACK_PORT.match(str(mapping))
+        # The emulator's testing API has no authentication, so the host
+        # publishes it on loopback only.
+        assert match, mapping
+        published[match.group(2)] = match.group(1)
+    for port in printed:
+        # The printed address carries the container's port, so the host
+        # must publish it under the same number.
+        assert published.get(port) == port, port
+
+
+def test_compose_host_ports_are_distinct(compose: dict[str, Any]) -> None:
+    host_ports_in_use: set[str] = set()
+    for name, service in compose["services"].items():
+        for mapping in service.get("ports") or []:
+            host_port = str(mapping).split(":")[-2]
+            assert host_port not in host_ports_in_use, (name, mapping)
+            host_ports_in_use.add(host_port)
+
+
+def test_compose_sandbox_sets_public_host(compose: dict[str, Any]) -> None:
+    environment = compose["services"]["sandbox"]["environment"]
+    assert "SANDBOX_PUBLIC_HOST" in environment
+    assert (
+        option_value(compose["services"]["sandbox"]["command"], "--host") == "0.0.0.0"
+    )
 
 
 def test_variable_scan_finds_settings(registry_file: Path) -> None:

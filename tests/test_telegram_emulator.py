@@ -1107,6 +1107,12 @@ async def test_emulator_refuses_public_bind_address() -> None:
         await start_emulator(host="0.0.0.0")
 
 
+async def test_emulator_refuses_lan_address_with_wildcard_allowed() -> None:
+    # Only 0.0.0.0 and :: are let through, for a container's published ports.
+    with pytest.raises(ValueError):
+        await start_emulator(host="192.0.2.1", allow_all_interfaces=True)
+
+
 async def test_error_body_has_telegram_format(emulator: Emulator) -> None:
     status, body = await raw_call(
         emulator.base_url,

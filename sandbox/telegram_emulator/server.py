@@ -138,33 +138,43 @@ def create_app(
     return app
 
 
-def _check_loopback(host: str) -> None:
+def _check_loopback(host: str, *, allow_all_interfaces: bool) -> None:
     if host == "localhost":
         return
     try:
-        is_loopback = ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
-        is_loopback = False
-    if not is_loopback:
-        # The testing API has no authentication, so it must not be reachable from
-        # other machines.
-        raise ValueError(
-            f"the emulator binds only to loopback addresses, got host {host!r}"
-        )
+        address = None
+    if address is not None and address.is_loopback:
+        return
+    if address is not None and address.is_unspecified and allow_all_interfaces:
+        return
+    # The testing API has no authentication, so it must not be reachable from
+    # other machines.
+    raise ValueError(
+        f"the emulator binds only to loopback addresses, got host {host!r}"
+    )
 
 
 async def start_emulator(
-    host: str = "127.0.0.1", port: int = 0, **kwargs: Any
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    allow_all_interfaces: bool = False,
+    **kwargs: Any,
 ) -> tuple[web.AppRunner, str]:
     """Start an emulator on ``host``:``port`` and return its runner and base URL.
 
     Port 0 binds a free port. ``kwargs`` go to :func:`create_app`. Stop the
-    emulator with ``await runner.cleanup()``.
+    emulator with ``await runner.cleanup()``. ``allow_all_interfaces`` also
+    accepts ``0.0.0.0`` and ``::``, for a container whose port is published
+    on the host's loopback interface only.
 
     Raises:
-        ValueError: when ``host`` is not a loopback address.
+        ValueError: when ``host`` is not a loopback address, or is ``0.0.0.0``
+            or ``::`` without ``allow_all_interfaces``.
     """
-    _check_loopback(host)
+    _check_loopback(host, allow_all_interfaces=allow_all_interfaces)
     runner = web.AppRunner(
         create_app(**kwargs),
         handler_cancellation=True,
