@@ -10,6 +10,7 @@ same flow (see ``handlers.partner``).
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 from typing import Any
 
 from telegram import Update
@@ -18,6 +19,7 @@ from telegram.ext import BaseHandler, CallbackQueryHandler
 from bot.i18n import translate
 from bot.reminders import scheduler_of
 from bot.services import get_services
+from bot.support.hours import WEEKDAYS, format_minutes
 from handlers.callback_data import Action, scope_pattern
 from handlers.common import (
     Context,
@@ -30,6 +32,7 @@ from handlers.common import (
 )
 from handlers.render import CHECKLIST_ITEM_KEYS, Reply, help_markup
 from journey.model import Case
+from journey.reminders import SendWindow
 from journey.steps import CHECKLIST_STEPS, Event, TransitionRejected
 from journey.store import CaseNotFound
 
@@ -74,12 +77,35 @@ async def _remind_later(update: Update, context: Context, case: Case) -> None:
     if recorded is None:
         return
     scheduler = scheduler_of(context.bot_data)
-    if scheduler is not None:
-        await scheduler.schedule_later(case.case_id, await scheduler.now())
-    logger.info("reminder requested case=%s step=%s", case.ref, case.step)
+    if scheduler is None:
+        # Only before the bot has started: no reminder can be queued.
+        logger.warning("reminder not queued case=%s step=%s", case.ref, case.step)
+        notice = translate("checklist.later_unavailable", case.language)
+    else:
+        requested_at = await scheduler.now()
+        due = await scheduler.schedule_later(case.case_id, requested_at)
+        logger.info("reminder requested case=%s step=%s", case.ref, case.step)
+        when = describe_due_time(due, requested_at, scheduler.window, case.language)
+        notice = translate("checklist.later", case.language, when=when)
     await remove_keyboard(update)
-    await send_step(
-        update, context, recorded, notice=translate("checklist.later", case.language)
+    await send_step(update, context, recorded, notice=notice)
+
+
+def describe_due_time(due: float, now: float, window: SendWindow, language: str) -> str:
+    """Describe the Unix time ``due`` as a day and a time in ``window``'s zone.
+
+    The day is "morgen" when ``due`` falls on the local day after ``now``,
+    else its weekday. A "later" reminder is due at most two days ahead, so a
+    weekday names one day without a date.
+    """
+    local_due = datetime.fromtimestamp(due, window.zone)
+    local_now = datetime.fromtimestamp(now, window.zone)
+    clock_time = format_minutes(local_due.hour * 60 + local_due.minute)
+    if local_due.date() == local_now.date() + timedelta(days=1):
+        return translate("checklist.later_when.tomorrow", language, time=clock_time)
+    weekday = translate(f"label.weekday.{WEEKDAYS[local_due.weekday()]}", language)
+    return translate(
+        "checklist.later_when.weekday", language, weekday=weekday, time=clock_time
     )
 
 

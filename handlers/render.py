@@ -8,7 +8,10 @@ chooses keys, fills placeholders and builds the buttons.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +20,11 @@ from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Message
 from telegram.constants import MessageLimit
 
 from bot.i18n import translate
+from bot.service_client import UNAVAILABLE, Pairing, ServiceError
 from bot.services import BotServices
 from handlers.callback_data import SCOPE_HELP, SCOPE_STOP, Action, encode_for
+from handlers.qr_image import render_qr_png
+from journey.keys import PAIRING_TTL_SECONDS
 from journey.model import Case
 from journey.sources import PERSONS, SOURCES
 from journey.steps import CHECKLIST_STEPS, PARTNER_CHECKLIST_STEPS, Step
@@ -79,6 +85,62 @@ class Reply:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class PhotoReply:
+    """A photo with its caption and inline keyboard, ready to send."""
+
+    photo: bytes
+    caption: str
+    markup: InlineKeyboardMarkup | None = None
+
+    async def send(self, bot: Bot, chat_id: int) -> Message:
+        """Send this photo to ``chat_id``."""
+        return await bot.send_photo(
+            chat_id,
+            photo=self.photo,
+            caption=_fit(self.caption, MessageLimit.CAPTION_LENGTH),
+            reply_markup=self.markup,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QrStepReply(Reply):
+    """The QR step shown again: a fresh pairing in the QR step's photo message.
+
+    The bot keeps no pairing code (Redis contains only its hash), so the only way
+    to show the "Open de Ockto app" link again is a new code. ``text`` and
+    ``markup`` are the message sent instead when the service cannot issue one.
+    """
+
+    case: Case | None = None
+    services: BotServices | None = None
+    notice: str | None = None
+
+    async def send(self, bot: Bot, chat_id: int) -> Message:
+        """Renew the case's pairing and send its photo, or the text when that fails."""
+        assert self.case is not None and self.services is not None
+        try:
+            pairing = await self.services.service.create_pairing(self.case.case_id)
+        except ServiceError as error:
+            logger.warning(
+                "pairing not renewed for a shown step case=%s code=%s status=%s",
+                self.case.ref,
+                error.code,
+                error.status,
+            )
+            if error.code != UNAVAILABLE and error.status < 500:
+                # A 4xx response: the case left the QR step meanwhile, e.g.
+                # because the app claimed the code; show where it is now.
+                current = await self.services.store.find(self.case.case_id)
+                if current is not None and current.step is not Step.QR:
+                    moved = render_step(current, self.services, notice=self.notice)
+                    return await moved.send(bot, chat_id)
+            return await Reply.send(self, bot, chat_id)
+        logger.info("pairing sent case=%s", self.case.ref)
+        reply = render_qr_message(self.case, pairing, self.services, notice=self.notice)
+        return await reply.send(bot, chat_id)
+
+
 def render_step(
     case: Case, services: BotServices, *, notice: str | None = None
 ) -> Reply:
@@ -92,7 +154,51 @@ def render_step(
         text = notice + PARAGRAPH + text
     if services.settings.support_group_id is not None and case.step in STATUS_GROUPS:
         markup = _with_help_button(case, markup)
+    if case.step is Step.QR:
+        return QrStepReply(text, markup, case=case, services=services, notice=notice)
     return Reply(text, markup)
+
+
+def render_qr_message(
+    case: Case, pairing: Pairing, services: BotServices, *, notice: str | None = None
+) -> PhotoReply:
+    """Render the QR step's photo message for ``pairing``.
+
+    Every message of the QR step comes from here, the first one and each one
+    shown again, so they all carry the same codes and buttons. ``case`` must
+    be in the QR step; ``notice`` goes above the caption.
+    """
+    language = case.language
+    caption = translate(
+        "qr.caption",
+        language,
+        code=pairing.confirmation_code,
+        minutes=_minutes_left(pairing),
+    )
+    if pairing.typed_code is not None:
+        typed = translate("qr.caption_typed", language, typed_code=pairing.typed_code)
+        caption = caption + PARAGRAPH + typed
+    if notice:
+        caption = notice + PARAGRAPH + caption
+
+    markup = InlineKeyboardMarkup(
+        [
+            [
+                InlineKeyboardButton(
+                    translate("button.open_app", language), url=pairing.app_link
+                )
+            ],
+            [
+                InlineKeyboardButton(
+                    translate("button.qr_page", language), url=pairing.page_url
+                )
+            ],
+            [_button(case, "button.renew", Action.RENEW, Step.QR)],
+        ]
+    )
+    if services.settings.support_group_id is not None:
+        markup = _with_help_button(case, markup)
+    return PhotoReply(render_qr_png(pairing.app_link), caption, markup)
 
 
 def _with_help_button(
@@ -247,8 +353,9 @@ def _step_content(
         return translate("app.body", language), markup
 
     if step is Step.QR:
+        # The text of a QrStepReply, sent only when no new code can be made.
         markup = InlineKeyboardMarkup([[_button(case, "button.renew", Action.RENEW)]])
-        return translate("qr.waiting", language), markup
+        return translate("qr.unavailable", language), markup
 
     if step is Step.FETCHING:
         return (
@@ -301,10 +408,33 @@ def _source_states(raw: object) -> dict[str, str]:
     return states
 
 
-def _fit(text: str) -> str:
+def _fit(text: str, limit: int = MessageLimit.MAX_TEXT_LENGTH) -> str:
     # Catalog texts are far below the limit; a cut message is better than a
     # BadRequest that leaves the client without a reply.
-    if len(text) <= MessageLimit.MAX_TEXT_LENGTH:
+    if len(text) <= limit:
         return text
-    logger.warning("message text cut length=%s", len(text))
-    return text[: MessageLimit.MAX_TEXT_LENGTH]
+    logger.warning("message text cut length=%s limit=%s", len(text), limit)
+    return text[:limit]
+
+
+def _minutes_left(pairing: Pairing) -> int:
+    expires_at = _parse_time(pairing.expires_at)
+    if expires_at is None:
+        return PAIRING_TTL_SECONDS // 60
+    return max(1, math.ceil((expires_at - time.time()) / 60))
+
+
+def _parse_time(value: str) -> float | None:
+    # The contract leaves the format of expires_at open: accept Unix seconds
+    # and ISO 8601.
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()

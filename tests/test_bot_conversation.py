@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -23,6 +25,8 @@ from telegram.ext import MessageHandler, filters
 from bot.application import running_bot
 from bot.config import BotSettings
 from bot.i18n import set_strict, translate
+from bot.reminders import REMINDERS_KEY, scheduler_of
+from bot.support.hours import WEEKDAYS
 from bot.telegram_limits import SendLimits
 from handlers.callback_data import SCOPE_MUNICIPALITY, Action, encode
 from handlers.start import MAX_INVALID_INVITATIONS
@@ -31,6 +35,7 @@ from journey.events import EventStream, EventType
 from journey.model import Case
 from journey.municipalities import Municipality, MunicipalityRegistry
 from journey.package import generate_key_pair
+from journey.reminders import AMSTERDAM, ReminderScheduler
 from journey.steps import Event, Step
 from journey.store import CaseStore
 from sandbox.redis_server import free_port
@@ -974,7 +979,6 @@ async def test_qr_photo_with_code_and_buttons(
 
     photo = await chat.sent()
     assert photo.get("photo")
-    assert "Controlecode:" in text_of(photo)
     assert button_texts(photo) == [
         "Open de Ockto app",
         "Open de QR-code in je browser",
@@ -1208,3 +1212,145 @@ async def test_many_chats_each_answered(
     )
     for one in chats:
         assert "Zwolle" in text_of(await one.sent())
+
+
+# What the client reads: when a reminder comes, and the QR step shown again.
+
+QR_BUTTON_KEYS = ("button.open_app", "button.qr_page", "button.renew")
+"""The buttons of the QR step's photo message, top to bottom."""
+
+TYPED_CODE = re.compile(r"\b[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}\b")
+"""A typed code as the caption shows it (``pairing_service.typed_codes``)."""
+
+
+async def claim_code(pairing_service: str, code: str) -> tuple[int, dict[str, Any]]:
+    """Claim ``code`` as the Ockto app does; return the status and the JSON body."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{pairing_service}/app/v1/claim", json={"code": code}
+        ) as response:
+            return response.status, await response.json()
+
+
+@pytest.mark.parametrize(
+    ("requested", "when"),
+    [
+        # Monday 10:15 in Amsterdam: a day later is inside the send window.
+        (datetime(2027, 3, 1, 10, 15, tzinfo=AMSTERDAM), "morgen om 10:15 uur"),
+        # Monday 21:30: a day later is after 20:00, so Wednesday's opening.
+        (datetime(2027, 3, 1, 21, 30, tzinfo=AMSTERDAM), "op woensdag om 09:00 uur"),
+    ],
+    ids=["tomorrow", "after_window"],
+)
+async def test_remind_later_names_stored_time(
+    chat: Chat,
+    store: CaseStore,
+    redis: Redis,
+    bot: Any,
+    requested: datetime,
+    when: str,
+) -> None:
+    running = scheduler_of(bot.bot_data)
+    assert running is not None
+    # The bot's own scheduler class, with the clock set to the request time.
+    bot.bot_data[REMINDERS_KEY] = ReminderScheduler(
+        redis, window=running.window, clock=requested.timestamp
+    )
+    case, question = await walk_to(chat, store, Step.CHECK_SMS)
+    await chat.tap(question, "Nee")
+    help_message = await chat.sent()
+    await chat.tap(help_message, "Herinner me later")
+
+    answer = await chat.sent()
+    stored = await redis.zscore(keys.reminders_due(), f"{case.case_id}:later")
+    assert stored is not None
+    due = datetime.fromtimestamp(stored, AMSTERDAM)
+    assert f"om {due:%H:%M} uur" in text_of(answer)
+    assert when in text_of(answer)
+    if "morgen" in when:
+        assert due.date() == requested.date() + timedelta(days=1)
+    else:
+        weekday = translate(f"label.weekday.{WEEKDAYS[due.weekday()]}", "nl")
+        assert f"op {weekday} om" in text_of(answer)
+    assert button_texts(answer) == ["Ja", "Nee"]
+
+
+async def test_qr_caption_carries_every_code(
+    client: EmulatorClient,
+    bot_with_service: Any,
+    store: CaseStore,
+    redis: Redis,
+    pairing_service: str,
+) -> None:
+    chat = Chat(client)
+    case, app = await walk_to(chat, store, Step.APP)
+    await chat.tap(app, "Ik heb de Ockto app")
+    photo = await chat.sent()
+
+    caption = text_of(photo)
+    pairing = await redis.hgetall(keys.pairing(case.case_id))
+    assert pairing["confirmation_code"] in caption
+    assert "/app/open#" in url_of(photo, "Open de Ockto app")
+    typed = TYPED_CODE.search(caption)
+    assert typed is not None
+    assert f"Geen camera? Typ dan deze code in de app: {typed.group()}" in caption
+    status, claimed = await claim_code(pairing_service, typed.group())
+    assert status == 200
+    assert claimed["confirmation_code"] == pairing["confirmation_code"]
+
+
+async def show_qr_step(chat: Chat, store: CaseStore) -> tuple[Case, Message]:
+    """Walk a case to the QR step through the service; return it and the photo."""
+    case, app = await walk_to(chat, store, Step.APP)
+    await chat.tap(app, "Ik heb de Ockto app")
+    photo = await chat.sent()
+    assert button_texts(photo) == [translate(key, "nl") for key in QR_BUTTON_KEYS]
+    return case, photo
+
+
+async def test_status_at_qr_step_shows_qr_message(
+    client: EmulatorClient,
+    bot_with_service: Any,
+    store: CaseStore,
+    pairing_service: str,
+) -> None:
+    chat = Chat(client)
+    case, photo = await show_qr_step(chat, store)
+    await chat.say("/status")
+
+    shown = await chat.sent()
+    assert shown.get("photo")
+    assert "Waar ben je?" in text_of(shown)
+    assert button_texts(shown) == button_texts(photo)
+    assert await step_of(store, case) is Step.QR
+    code = url_of(shown, "Open de Ockto app").split("#", 1)[1]
+    status, _claimed = await claim_code(pairing_service, code)
+    assert status == 200
+
+
+async def test_language_at_qr_step_shows_qr_message(
+    client: EmulatorClient, bot_with_service: Any, store: CaseStore
+) -> None:
+    chat = Chat(client)
+    case, _photo = await show_qr_step(chat, store)
+    await chat.say("/taal")
+    choice = await chat.sent()
+    await chat.tap(choice, "English")
+
+    shown = await chat.sent()
+    assert shown.get("photo")
+    assert translate("language.changed", "en") in text_of(shown)
+    assert button_texts(shown) == [translate(key, "en") for key in QR_BUTTON_KEYS]
+    assert "/app/open#" in url_of(shown, translate("button.open_app", "en"))
+    assert await step_of(store, case) is Step.QR
+
+
+async def test_status_at_qr_step_without_service(chat: Chat, store: CaseStore) -> None:
+    case, _app = await walk_to(chat, store, Step.APP)
+    await store.apply(case.case_id, Event.APP_READY, expected_step=Step.APP)
+    await chat.say("/status")
+
+    shown = await chat.sent()
+    assert "Waar ben je?" in text_of(shown)
+    assert translate("qr.unavailable", "nl") in text_of(shown)
+    assert button_texts(shown) == ["Nieuwe code"]

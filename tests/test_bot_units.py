@@ -20,7 +20,7 @@ from handlers.callback_data import (
     decode,
     encode,
 )
-from handlers.qr import render_qr_png
+from handlers.qr_image import render_qr_png
 from journey.model import Case
 from journey.steps import Step
 

@@ -18,8 +18,10 @@ from telegram import InlineKeyboardMarkup
 
 from bot.application import BotApplication
 from bot.i18n import translate
+from bot.reminders import scheduler_of
 from bot.services import services_of
 from handlers.callback_data import Action, case_tag, encode
+from handlers.checklist import describe_due_time
 from handlers.render import render_status, render_step
 from journey import keys
 from journey.model import Case
@@ -34,6 +36,7 @@ from journey.store import CaseStore
 from sandbox.app_simulator import OcktoAppSimulator, synthetic_package
 from sandbox.telegram_emulator import EmulatorClient
 from tests.test_bot_conversation import (
+    QR_BUTTON_KEYS,
     WAIT_SECONDS,
     Chat,
     Message,
@@ -115,6 +118,12 @@ def assert_shows_step(
     expected = render_step(case, services_of(application))
     notice = translate(notice_key, case.language)
     assert text_of(answer).startswith(notice)
+    if case.step is Step.QR:
+        # The QR step is shown again as its photo message, with a new code.
+        assert answer.get("photo")
+        qr_labels = [translate(key, case.language) for key in QR_BUTTON_KEYS]
+        assert button_texts(answer) == qr_labels
+        return
     assert text_of(answer).endswith(expected.text)
     assert button_texts(answer) == labels(expected.markup)
 
@@ -123,6 +132,12 @@ async def any_bot_message(chat: Chat) -> Message:
     """Send /status and return the bot's reply, a message to tap buttons on."""
     await chat.say("/status")
     return await chat.sent()
+
+
+async def redis_now(redis: Redis) -> float:
+    """Return Redis ``TIME``, the clock of the bot's reminder scheduler."""
+    seconds, microseconds = await redis.time()
+    return float(seconds) + float(microseconds) / 1_000_000
 
 
 async def redis_contains(redis: Redis, needle: str) -> bool:
@@ -224,7 +239,11 @@ async def test_unexpected_input_repeats_step(
     answer = await chat.sent()
     after = await store.get(case.case_id)
     assert after.step is step
-    assert after.version == case.version
+    if step is Step.QR:
+        # Showing the QR step again renews the pairing, which moves the version.
+        assert after.version > case.version
+    else:
+        assert after.version == case.version
     assert_shows_step(answer, after, application, NOTICE_OF_KIND[kind])
 
 
@@ -535,16 +554,35 @@ async def test_partner_no_items_get_help(chat: Chat, store: CaseStore) -> None:
 
 @pytest.mark.parametrize("step", CHECKLIST_STEPS, ids=lambda step: step.value)
 async def test_checklist_no_offers_reminder(
-    chat: Chat, store: CaseStore, step: Step
+    chat: Chat,
+    store: CaseStore,
+    module_redis: Redis,
+    application: BotApplication,
+    step: Step,
 ) -> None:
     case = await case_in(store, chat, step)
     message = await any_bot_message(chat)
     await chat.tap(message, "Nee")
     help_message = await chat.sent()
+    before = await redis_now(module_redis)
     await chat.tap(help_message, "Herinner me later")
 
     answer = await chat.sent()
-    assert text_of(answer).startswith(translate("checklist.later", "nl"))
+    after = await redis_now(module_redis)
+    scheduler = scheduler_of(application.bot_data)
+    assert scheduler is not None
+    due = (await scheduler.state(case.case_id)).later_at
+    assert due is not None
+    # The request fell between the two readings of the clock it used.
+    expected = {
+        translate(
+            "checklist.later",
+            "nl",
+            when=describe_due_time(due, now, scheduler.window, "nl"),
+        )
+        for now in (before, after)
+    }
+    assert any(text_of(answer).startswith(text) for text in expected)
     recorded = await store.get(case.case_id)
     assert recorded.checklist[step.value] == "later"
     assert recorded.step is step
