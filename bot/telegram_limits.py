@@ -294,12 +294,13 @@ class SharedTelegramLimits:
     def chat_digest(self, chat_id: int | str) -> str:
         """Return the name of ``chat_id`` in Redis keys: 32 hex digits of its HMAC."""
         # "-100123" and -100123 name the same chat, so both get the same digest.
+        name = str(chat_id)
         if isinstance(chat_id, str):
             try:
-                chat_id = int(chat_id)
+                name = str(int(chat_id))
             except ValueError:
-                chat_id = chat_id.lower()
-        digest = hmac.new(self._chat_secret, str(chat_id).encode(), hashlib.sha256)
+                name = chat_id.lower()
+        digest = hmac.new(self._chat_secret, name.encode(), hashlib.sha256)
         return digest.hexdigest()[:32]
 
     async def pause(self, retry_after: float) -> None:
@@ -401,14 +402,17 @@ class SharedRateLimiter(BaseRateLimiter[dict[str, Any]]):
     ) -> bool | dict[str, Any] | list[dict[str, Any]]:
         """Wait for the limits, send the request and retry it after a 429."""
         options = rate_limit_args or {}
-        chat_id = data.get("chat_id")
-        limited = chat_id is not None and endpoint in LIMITED_METHODS
+        # Only a request of a limited method that names a chat waits.
+        limited_chat_id: int | str | None = (
+            data.get("chat_id") if endpoint in LIMITED_METHODS else None
+        )
+        limited = limited_chat_id is not None
         acquired = bool(options.get(ACQUIRED, False))
         max_retries = int(options.get(MAX_RETRIES, self._max_retries))
         attempt = 0
         while True:
-            if limited and not acquired:
-                await self._acquire(chat_id, endpoint)
+            if limited_chat_id is not None and not acquired:
+                await self._acquire(limited_chat_id, endpoint)
             acquired = False
             try:
                 return await callback(*args, **kwargs)

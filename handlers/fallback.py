@@ -160,7 +160,7 @@ def build_group_handlers(
             the helpdesk's support group, whose messages other handlers take.
     """
     exempt = frozenset(exempt_chat_ids)
-    groups = NOT_PRIVATE
+    groups: filters.BaseFilter = NOT_PRIVATE
     if exempt:
         groups = groups & ~filters.Chat(chat_id=sorted(exempt))
 

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
@@ -249,7 +250,7 @@ def _command_of(text: str | None, bot_username: str) -> str | None:
 
 def build_handlers(
     group_id: int,
-) -> dict[int, list[BaseHandler[Update, Context, Any]]]:
+) -> dict[int, Sequence[BaseHandler[Update, Context, Any]]]:
     """Return the support handlers by handler group, for ``add_handlers``.
 
     The guard and the support group's handler go in ``GUARD_GROUP``, which

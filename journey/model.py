@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,7 +114,7 @@ class Case:
         return any(record.get("role") == role for record in self.consents)
 
 
-def encode_fields(values: dict[str, Any]) -> dict[str, str]:
+def encode_fields(values: Mapping[str, Any]) -> dict[str, str]:
     """Turn Python values into the strings stored in a case hash.
 
     Dicts and lists become JSON, booleans ``"1"``/``"0"``, None an empty string.

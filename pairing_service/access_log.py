@@ -27,12 +27,15 @@ class RouteAccessLogger(AbstractAccessLogger):
 
 
 def _route_of(request: web.BaseRequest) -> str:
-    # A request that aiohttp's parser rejected never reached the router.
-    # web.Request.match_info then fails an assertion instead of returning None.
-    try:
-        match_info = getattr(request, "match_info", None)
-    except AssertionError:
-        match_info = None
+    # Only a web.Request has match_info. A request that aiohttp's parser
+    # rejected never reached the router, and web.Request.match_info then
+    # fails an assertion instead of returning None.
+    match_info: web.UrlMappingMatchInfo | None = None
+    if isinstance(request, web.Request):
+        try:
+            match_info = request.match_info
+        except AssertionError:
+            match_info = None
     resource = match_info.route.resource if match_info is not None else None
     if resource is None:
         return "unmatched"

@@ -308,8 +308,11 @@ class DeliveryQueue:
         async with self._redis.pipeline(transaction=False) as pipe:
             for delivery_id in delivery_ids:
                 # EVAL, not EVALSHA: a pipeline cannot load a missing script
-                # and run the command again.
-                pipe.eval(_LEASE, 1, keys.delivery(delivery_id), now, owner, until)
+                # and run the command again. redis-py 6.4 sends repr() of a
+                # float, which is the same text as str().
+                pipe.eval(
+                    _LEASE, 1, keys.delivery(delivery_id), str(now), owner, str(until)
+                )
             pipe.zadd(
                 keys.delivery_schedule(), dict.fromkeys(delivery_ids, until), xx=True
             )

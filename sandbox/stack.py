@@ -31,7 +31,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from bot.application import running_bot
-from bot.config import BotSettings
+from bot.config import DEFAULT_API_BASE_URL, DEFAULT_FILE_BASE_URL, BotSettings
 from bot.telegram_limits import SendLimits
 from journey.municipalities import MunicipalityRegistry
 from journey.package import KeyPair, SuiteName, generate_key_pair
@@ -275,13 +275,15 @@ async def running_stack(
                 consumer_name=f"sandbox-{secrets.token_hex(3)}",
                 poll_timeout=10,
                 telegram_limits=send_limits or SendLimits(),
-                **(
-                    {}
+                api_base_url=(
+                    DEFAULT_API_BASE_URL
                     if emulator_url is None
-                    else {
-                        "api_base_url": f"{emulator_url}/bot",
-                        "file_base_url": f"{emulator_url}/file/bot",
-                    }
+                    else f"{emulator_url}/bot"
+                ),
+                file_base_url=(
+                    DEFAULT_FILE_BASE_URL
+                    if emulator_url is None
+                    else f"{emulator_url}/file/bot"
                 ),
             )
             sandbox.bot = await stack.enter_async_context(
