@@ -18,10 +18,12 @@ from redis.asyncio import Redis
 from bot.application import BotApplication, running_bot
 from bot.i18n import set_strict
 from journey.municipalities import Municipality, MunicipalityRegistry
-from journey.package import generate_key_pair
+from journey.package import KeyPair, generate_key_pair
+from sandbox.municipality_receiver import MunicipalityReceiver, start_receiver
 from sandbox.redis_server import RedisServer, free_port, start_redis_server
 from sandbox.telegram_emulator import EmulatorClient, RateLimits, start_emulator
 from tests.test_bot_conversation import SERVICE_TOKEN, bot_settings
+from tests.test_pairing_service import SIGNING_SECRET
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +78,24 @@ def module_registry() -> MunicipalityRegistry:
             Municipality(code="GM0518", name="'s-Gravenhage", participates=False),
         ]
     )
+
+
+@pytest.fixture(scope="module")
+def key_pair() -> KeyPair:
+    """An X25519 key pair of the test municipality, one per test module."""
+    return generate_key_pair()
+
+
+@pytest.fixture
+async def receiver(
+    key_pair: KeyPair,
+) -> AsyncIterator[tuple[str, MunicipalityReceiver]]:
+    """A municipality receiver that verifies with SIGNING_SECRET and decrypts."""
+    runner, url, state = await start_receiver(
+        secret=SIGNING_SECRET, private_key=key_pair.private_key
+    )
+    yield url, state
+    await runner.cleanup()
 
 
 @pytest.fixture(scope="module")

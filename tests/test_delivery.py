@@ -26,7 +26,6 @@ from journey.package import (
     KeyPair,
     SuiteName,
     decode_private_key,
-    generate_key_pair,
     open_sealed,
 )
 from journey.steps import Step
@@ -61,26 +60,10 @@ SHORT_SCHEDULE = (0.05, 0.05)
 """Two retries within a tenth of a second, so failure paths finish quickly."""
 
 
-@pytest.fixture(scope="module")
-def key_pair() -> KeyPair:
-    return generate_key_pair()
-
-
 @pytest.fixture(autouse=True)
 async def every_key_expires(redis: Redis) -> AsyncIterator[None]:
     yield
     await assert_every_key_expires(redis)
-
-
-@pytest.fixture
-async def receiver(
-    key_pair: KeyPair,
-) -> AsyncIterator[tuple[str, MunicipalityReceiver]]:
-    runner, url, state = await start_receiver(
-        secret=SIGNING_SECRET, private_key=key_pair.private_key
-    )
-    yield url, state
-    await runner.cleanup()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from journey import keys
 from journey.events import EventStream, EventType
 from journey.model import Case
-from journey.package import KeyPair, generate_key_pair
+from journey.package import KeyPair
 from journey.steps import Event, Step, TransitionRejected
 from journey.store import CaseStore
 from pairing_service.consent import record_consent
@@ -35,7 +35,7 @@ from pairing_service.delivery import LEASE_SECONDS, DeliveryWorker
 from pairing_service.packages import StoredPackage
 from pairing_service.services import SERVICES, Services
 from pairing_service.webhook import build_payload
-from sandbox.municipality_receiver import MunicipalityReceiver, start_receiver
+from sandbox.municipality_receiver import MunicipalityReceiver
 from sandbox.redis_server import RedisServer, free_port
 from tests.test_delivery_scale import case_waiting_for_consent
 from tests.test_pairing_service import (
@@ -57,22 +57,6 @@ WORKER_START_TIMEOUT_SECONDS = 30.0
 """Upper bound for the child's interpreter start, imports and first log line."""
 
 BOT_CONSUMER = "batch-test"
-
-
-@pytest.fixture(scope="module")
-def key_pair() -> KeyPair:
-    return generate_key_pair()
-
-
-@pytest.fixture
-async def receiver(
-    key_pair: KeyPair,
-) -> AsyncIterator[tuple[str, MunicipalityReceiver]]:
-    runner, url, state = await start_receiver(
-        secret=SIGNING_SECRET, private_key=key_pair.private_key
-    )
-    yield url, state
-    await runner.cleanup()
 
 
 async def queue_deliveries(services: Services, count: int) -> list[str]:

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from journey import keys
 from journey.events import EventStream, EventType
-from journey.package import KeyPair, generate_key_pair, seal
+from journey.package import KeyPair, seal
 from journey.steps import Event, Step
 from pairing_service.consent import record_consent
 from pairing_service.delivery import DeliveryWorker
@@ -43,11 +43,6 @@ SETUP_BATCH = 50
 """Cases prepared concurrently during setup."""
 
 BOT_CONSUMER = "scale-test"
-
-
-@pytest.fixture(scope="module")
-def key_pair() -> KeyPair:
-    return generate_key_pair()
 
 
 @pytest.fixture

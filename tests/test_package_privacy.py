@@ -12,7 +12,6 @@ import asyncio
 import base64
 import logging
 import secrets
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -20,16 +19,15 @@ from redis.asyncio import Redis
 from journey import keys
 from journey.events import EventStream, EventType
 from journey.model import PERSONAL_FIELDS
-from journey.package import KeyPair, generate_key_pair
+from journey.package import KeyPair
 from journey.steps import Event, Step
 from journey.store import TOMBSTONE_FIELDS
 from sandbox.app_simulator import synthetic_package
-from sandbox.municipality_receiver import MunicipalityReceiver, start_receiver
+from sandbox.municipality_receiver import MunicipalityReceiver
 from sandbox.redis_server import RedisServer
 from tests.redis_checks import dump_values, keys_without_ttl, monitor_commands
 from tests.test_pairing_service import (
     MUNICIPALITY,
-    SIGNING_SECRET,
     Harness,
     make_registry,
     running_service,
@@ -42,22 +40,6 @@ EMAIL = "privacy-check-4d1c@example.test"
 """The client's e-mail address given at the application."""
 
 BOT_CONSUMER = "privacy-test-bot"
-
-
-@pytest.fixture(scope="module")
-def key_pair() -> KeyPair:
-    return generate_key_pair()
-
-
-@pytest.fixture
-async def receiver(
-    key_pair: KeyPair,
-) -> AsyncIterator[tuple[str, MunicipalityReceiver]]:
-    runner, url, state = await start_receiver(
-        secret=SIGNING_SECRET, private_key=key_pair.private_key
-    )
-    yield url, state
-    await runner.cleanup()
 
 
 async def case_in_app_step(service: Harness) -> str:

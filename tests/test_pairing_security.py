@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from journey import keys
 from journey.clock import Clock, system_clock
 from journey.events import EventType
-from journey.package import KeyPair, generate_key_pair
+from journey.package import KeyPair
 from journey.steps import Step
 from journey.store import CaseStore
 from pairing_service.app import create_app
@@ -80,11 +80,6 @@ async def serve(
 async def every_key_expires(redis: Redis) -> AsyncIterator[None]:
     yield
     await assert_every_key_expires(redis)
-
-
-@pytest.fixture(scope="module")
-def key_pair() -> KeyPair:
-    return generate_key_pair()
 
 
 @pytest.fixture

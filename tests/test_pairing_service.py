@@ -23,7 +23,7 @@ from journey import keys
 from journey.clock import Clock, system_clock
 from journey.events import EventStream, EventType, ServiceEvent
 from journey.municipalities import MunicipalityRegistry
-from journey.package import MAX_PACKAGE_BYTES, KeyPair, generate_key_pair
+from journey.package import MAX_PACKAGE_BYTES, KeyPair
 from journey.steps import Event, Step
 from journey.store import CaseStore
 from pairing_service.app import create_app, load_openapi
@@ -228,11 +228,6 @@ async def watch_redis_commands(redis: Redis) -> AsyncIterator[list[str]]:
 async def every_key_expires(redis: Redis) -> AsyncIterator[None]:
     yield
     await assert_every_key_expires(redis)
-
-
-@pytest.fixture(scope="module")
-def key_pair() -> KeyPair:
-    return generate_key_pair()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import zxingcpp
 from PIL import Image
 from redis.asyncio import Redis
 
-from journey.package import KeyPair, generate_key_pair
+from journey.package import KeyPair
 from tests.chromium import Browser, Page, chromium_path, launch
 from tests.test_pairing_security import serve
 from tests.test_pairing_service import Harness
@@ -36,11 +36,6 @@ new Promise((resolve, reject) => {
     line.getAttribute("data-status"))), %(timeout)d);
 })
 """
-
-
-@pytest.fixture(scope="module")
-def key_pair() -> KeyPair:
-    return generate_key_pair()
 
 
 @pytest.fixture(scope="module")
