@@ -11,7 +11,7 @@ import logging
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from telegram import Update
+from telegram import Chat, Update
 from telegram.error import Forbidden, TelegramError
 from telegram.ext import ContextTypes
 
@@ -53,14 +53,8 @@ async def handle_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> No
         exc_info=error,
     )
 
-    if update.callback_query is not None:
-        try:
-            await update.callback_query.answer()
-        except TelegramError:
-            pass  # answered already, or too old to answer
-
-    chat = update.effective_chat
-    if chat is None or chat.type != chat.PRIVATE:
+    chat = await _private_chat(update)
+    if chat is None:
         return
     language = case.language if case is not None else DEFAULT_LANGUAGE
     notice = translate("error.generic", language)
@@ -89,13 +83,8 @@ async def _reply_redis_unavailable(
         update.update_id,
         type(error).__name__,
     )
-    if update.callback_query is not None:
-        try:
-            await update.callback_query.answer()
-        except TelegramError:
-            pass  # answered already, or too old to answer
-    chat = update.effective_chat
-    if chat is None or chat.type != chat.PRIVATE:
+    chat = await _private_chat(update)
+    if chat is None:
         return
     try:
         await Reply(translate("error.try_again_soon", language_of(update))).send(
@@ -103,6 +92,22 @@ async def _reply_redis_unavailable(
         )
     except TelegramError as send_error:
         logger.warning("error reply not sent error=%s", type(send_error).__name__)
+
+
+async def _private_chat(update: Update) -> Chat | None:
+    """Stop the spinner of a tapped button and return the chat to reply in.
+
+    Returns None outside a private chat: the bot answers errors to clients only.
+    """
+    if update.callback_query is not None:
+        try:
+            await update.callback_query.answer()
+        except TelegramError:
+            pass  # answered already, or too old to answer
+    chat = update.effective_chat
+    if chat is None or chat.type != chat.PRIVATE:
+        return None
+    return chat
 
 
 async def _find_case(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Case | None:
