@@ -179,10 +179,6 @@ return {'ok', tostring(version), case[3] or '', case[4] or '', pairing[4] or ''}
 
 _CLAIM_TARGET = next_step(Step.QR, Event.PAIRING_CLAIMED)
 
-# A placeholder for the case id, which the script takes from ARGV[7]. The
-# other fields of the event are the same for every claim.
-_CASE_ID_ARGUMENT = "\0case-id\0"
-
 
 def _lua_string(value: str) -> str:
     """Quote ``value`` as a Lua string literal."""
@@ -191,17 +187,17 @@ def _lua_string(value: str) -> str:
 
 
 def _event_fields() -> str:
-    fields = encode_event(
-        EventType.PAIRING_CLAIMED, _CASE_ID_ARGUMENT, step=_CLAIM_TARGET.value
-    )
-    return ", ".join(
-        item
+    """Return the XADD fields of ``pairing_claimed`` as Lua arguments.
+
+    The case id comes from the script's ARGV[7]; the other fields are the same
+    for every claim.
+    """
+    fields = encode_event(EventType.PAIRING_CLAIMED, "", step=_CLAIM_TARGET.value)
+    pairs = [
+        (_lua_string(name), "ARGV[7]" if name == "case_id" else _lua_string(value))
         for name, value in fields.items()
-        for item in (
-            _lua_string(name),
-            "ARGV[7]" if value == _CASE_ID_ARGUMENT else _lua_string(value),
-        )
-    )
+    ]
+    return ", ".join(item for pair in pairs for item in pair)
 
 
 _CLAIM = Template(_CLAIM_TEMPLATE).substitute(
