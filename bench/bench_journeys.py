@@ -16,8 +16,8 @@ notice and the current step. The baseline is a bare python-telegram-bot
 application with one handler that echoes the text, built with PTB's
 ``AIORateLimiter`` at its defaults (30 messages a second overall), so both
 obey Telegram's send limits: the project's bot through its Redis-shared
-limiter, the echo bot in its own process. It prints the medians over the rounds and the ratio
-bot/echo.
+limiter, the echo bot in its own process. It prints the medians over the
+rounds and the ratio bot/echo.
 
 The emulator's own flood control is off unless ``--telegram-limits`` is set.
 The bot limits itself to Telegram's rates either way.

@@ -6,7 +6,8 @@ paths carry case ids and page ids. Pairings created and claimed are counted
 from the responses of their routes. Deliveries are counted by the delivery
 worker. The journey funnel (cases per step) is read from Redis with a
 bounded scan (``journey.funnel``), so every replica reports the same numbers.
-A process counts it at most once every ``FUNNEL_CACHE_SECONDS``.
+Each process runs that scan at most once every ``FUNNEL_CACHE_SECONDS``
+(``FunnelCache``, under a lock) and serves the cached counts between scans.
 
 ``GET /metrics`` is on the public port, so it requires the bearer token in
 ``METRICS_TOKEN`` and returns 404 while that setting is empty.

@@ -176,9 +176,9 @@ async def running_stack(
 ) -> AsyncIterator[SandboxStack]:
     """Start the whole product and yield its addresses; stop it all on exit.
 
-    The service and the emulator listen on ``host``; ``0.0.0.0`` or ``::``
-    serve a container's published ports, and the parts inside then reach each
-    other on loopback. ``public_host`` replaces the host in the addresses
+    The service and the emulator listen on ``host``. With ``0.0.0.0`` or
+    ``::`` they serve a container's published ports, and the parts inside
+    reach each other on loopback. ``public_host`` replaces the host in the addresses
     for a person: the chat page, the QR page and the app links.
 
     Without ``redis_url`` a private redis-server runs on a free port. With

@@ -53,8 +53,8 @@ SERVICE_TOKEN = "test-service-token-" + "x" * 32
 FAST_SEND_LIMITS = SendLimits(
     global_per_second=10_000.0, chat_per_second=1_000.0, chat_burst=1_000
 )
-"""Send limits far above Telegram's, so a scripted client that answers at once
-is not slowed to one message a second; the group limit stays Telegram's."""
+"""Send limits far above Telegram's, so a scripted client that replies at once
+is not slowed to one message a second. The group limit stays Telegram's."""
 
 WAIT_SECONDS = 15.0
 """Upper bound for one expected event; a passing test waits far less."""

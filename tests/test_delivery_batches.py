@@ -70,15 +70,15 @@ async def queue_deliveries(services: Services, count: int) -> list[str]:
 
 
 async def read_events_until(
-    events: EventStream, wanted: dict[EventType, int]
+    events: EventStream, expected: dict[EventType, int]
 ) -> list[tuple[EventType, str]]:
-    """Read and acknowledge events until each type in ``wanted`` was seen that often."""
+    """Read and acknowledge events until each type in ``expected`` came that often."""
     seen: list[tuple[EventType, str]] = []
 
     def missing() -> bool:
         return any(
-            sum(event_type is wanted_type for event_type, _case in seen) < count
-            for wanted_type, count in wanted.items()
+            sum(event_type is expected_type for event_type, _case in seen) < count
+            for expected_type, count in expected.items()
         )
 
     # A hang guard only: a batch finishes well within a second.

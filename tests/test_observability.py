@@ -1,9 +1,9 @@
 """Metrics and logs: what an operator reads, and that it contains no secrets.
 
 The service's ``/metrics`` is scraped over HTTP with the stack's metrics
-token, before and after a whole journey on the sandbox stack; the Telegram
-request counters are driven by the emulator's flood control; the log format
-and the token filter are checked through the real ``logging`` machinery.
+token, before and after a whole journey on the sandbox stack. The emulator's
+flood control drives the Telegram request counters. The log format and the
+token filter are checked through the real ``logging`` machinery.
 """
 
 from __future__ import annotations

@@ -286,9 +286,9 @@ def moved_at_most_once(before: Step, after: Step, *, has_partner: bool) -> bool:
 
 
 def _failed_sends(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    # Removing the buttons of a message twice (a double tap: both callback
-    # queries carry the message with its buttons) is refused by Telegram as
-    # "message is not modified"; the bot expects that answer and goes on.
+    # Telegram rejects a second removal of a message's buttons (a double tap,
+    # where both callback queries carry the buttons) with "message is not
+    # modified". The bot expects that error and goes on.
     return [
         call
         for call in calls

@@ -401,7 +401,7 @@ async def test_failed_delivery_noted_for_active_agent(harness: Harness) -> None:
     assert note["message_thread_id"] == thread_id
     assert "weet het nog niet" in text_of(note)
     assert len(topics) == 1
-    # The agent has the conversation, so the bot tells the client nothing.
+    # The agent has the conversation, so the bot sends the client nothing.
     assert len(after) == len(before)
     assert (await harness.store.get(case.case_id)).support_state == SUPPORT_ACTIVE
 

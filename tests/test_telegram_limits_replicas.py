@@ -47,8 +47,9 @@ WAIT_SECONDS = 30.0
 FLOODED_CHAT_RATE = 1 / 3
 """Private-chat refill of the emulator in the 429 test, a third of Telegram's
 documented rate. After the test empties one chat's bucket, a reply to that
-chat meets a 429 even if it arrives up to three seconds later; on a loaded
-machine it took about one. The ``retry_after`` is then 1 to 3 seconds."""
+chat meets a 429 even if it arrives up to three seconds later. On a loaded
+machine it arrived after about one second. The ``retry_after`` is then 1 to
+3 seconds."""
 
 STREAM_CHATS = 20
 """Chats each replica sends to while a 429 pauses the bot."""
