@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+from sandbox.redis_server import free_port
 from sandbox.stack import EMULATOR_BOT_TOKEN, SandboxStack
 
 READY_LINE = "Application started"
@@ -43,6 +44,9 @@ def bot_environment(
             "TELEGRAM_CHAT_MESSAGES_PER_SECOND": "1000",
             "TELEGRAM_CHAT_BURST": "1000",
             "LOG_LEVEL": log_level,
+            # A port of its own, so suites running side by side do not
+            # compete for the default health port.
+            "BOT_HEALTH_PORT": str(free_port()),
         }
     )
     return environment
