@@ -289,10 +289,10 @@ async def claim_code(
 
     typed = parse_typed_code(code_text)
     if typed is None:
-        count = services.script(_COUNT_ADDRESS)
-        allowed = await count(
-            keys=[window.address_key(address)],
-            args=[services.settings.claims_per_address, _COUNTER_TTL_SECONDS],
+        allowed = await services.run_script(
+            _COUNT_ADDRESS,
+            [window.address_key(address)],
+            [services.settings.claims_per_address, _COUNTER_TTL_SECONDS],
         )
         if not allowed:
             raise _rate_limited(window, "too many claims from this address")
@@ -320,14 +320,14 @@ async def _claim_typed(
 ) -> ClaimedPairing:
     key = services.typed_code_key
     selector = selector_digest(key, typed)
-    resolve = services.script(_RESOLVE_TYPED)
-    resolved = await resolve(
-        keys=[
+    resolved = await services.run_script(
+        _RESOLVE_TYPED,
+        [
             window.address_key(address),
             window.typed_failures_key(),
             keys.typed_code(selector),
         ],
-        args=[
+        [
             services.settings.claims_per_address,
             _COUNTER_TTL_SECONDS,
             services.settings.typed_failures_global,
@@ -381,8 +381,9 @@ async def _run_claim(
         if address_limit > 0:
             script_keys.append(address_key)
     elif address_limit > 0:
-        count = services.script(_COUNT)
-        counted = await count(keys=[address_key], args=[_COUNTER_TTL_SECONDS])
+        counted = await services.run_script(
+            _COUNT, [address_key], [_COUNTER_TTL_SECONDS]
+        )
         if int(counted) > address_limit:
             logger.info(
                 "claim rejected case=%s kind=%s reason=rate_limited",
@@ -391,10 +392,10 @@ async def _run_claim(
             )
             raise _rate_limited(window, "too many claims from this address")
 
-    claim = services.script(_CLAIM)
-    result = await claim(
-        keys=script_keys,
-        args=[
+    result = await services.run_script(
+        _CLAIM,
+        script_keys,
+        [
             kind,
             digest,
             services.clock(),
@@ -407,8 +408,8 @@ async def _run_claim(
 
     outcome = str(result[0])
     if outcome == "typed_wrong":
-        await services.script(_COUNT)(
-            keys=[window.typed_failures_key()], args=[_COUNTER_TTL_SECONDS]
+        await services.run_script(
+            _COUNT, [window.typed_failures_key()], [_COUNTER_TTL_SECONDS]
         )
         outcome = "unknown_code"
     reference = case_reference(case_id)

@@ -145,10 +145,10 @@ async def create_pairing(services: Services, case_id: str) -> IssuedPairing:
         fields["typed_failures"] = 0
         fields["sealed_typed_code"] = seal_code(page_id, typed.display())
     pairs = [item for pair in encode_fields(fields).items() for item in pair]
-    write = services.script(_WRITE_PAIRING)
-    written = await write(
-        keys=[keys.case(case_id), keys.pairing(case_id)],
-        args=[lookup, kept_for, *pairs],
+    written = await services.run_script(
+        _WRITE_PAIRING,
+        [keys.case(case_id), keys.pairing(case_id)],
+        [lookup, kept_for, *pairs],
     )
     if not written:
         await _release_typed_index(services, typed_index, case_id)
@@ -204,5 +204,6 @@ async def _reserve_typed_code(
 async def _release_typed_index(services: Services, digest: str, case_id: str) -> None:
     if not digest:
         return
-    delete = services.script(_DELETE_INDEX_IF_OURS)
-    await delete(keys=[keys.typed_code(digest)], args=[case_id])
+    await services.run_script(
+        _DELETE_INDEX_IF_OURS, [keys.typed_code(digest)], [case_id]
+    )

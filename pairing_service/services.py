@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from redis.asyncio import Redis, RedisCluster
@@ -13,6 +15,7 @@ from journey.events import EventStream
 from journey.municipalities import MunicipalityRegistry
 from journey.store import CaseStore
 from pairing_service.config import Settings
+from pairing_service.script_pipeline import ScriptPipeline
 from pairing_service.typed_codes import derive_key
 
 
@@ -32,6 +35,21 @@ class Services:
     """Whether ``redis`` is one server, where a Lua script may touch keys of
     several hash slots; False for Redis Cluster."""
     _scripts: dict[str, AsyncScript] = field(default_factory=dict, repr=False)
+    _pipeline: ScriptPipeline | None = field(default=None, repr=False)
+
+    async def run_script(
+        self, source: str, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """Run the Lua script ``source`` and return its reply.
+
+        On one Redis server the call shares a pipeline with the script calls
+        of other requests in the same turn of the event loop (see
+        ``pairing_service.script_pipeline``); on Redis Cluster it goes alone.
+        """
+        script = self.script(source)
+        if self._pipeline is None:
+            return await script(keys=keys, args=args)
+        return await self._pipeline.call(script, keys, args)
 
     def script(self, source: str) -> AsyncScript:
         """Return the Lua script ``source`` registered on this Redis client.
@@ -54,6 +72,7 @@ class Services:
         clock: Clock,
     ) -> Services:
         """Create the store and the event stream on ``redis``."""
+        single_server = not isinstance(redis, RedisCluster)
         return cls(
             settings=settings,
             redis=redis,
@@ -64,7 +83,8 @@ class Services:
             typed_code_key=derive_key(
                 settings.service_token, settings.typed_code_secret
             ),
-            single_server=not isinstance(redis, RedisCluster),
+            single_server=single_server,
+            _pipeline=ScriptPipeline(redis) if single_server else None,
         )
 
 
