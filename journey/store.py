@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -61,22 +62,39 @@ end
 return {1, version}
 """
 
+TOMBSTONE_LUA = """
+local function write_tombstone(case_keys, expected, ttl, fields)
+  local current = redis.call('HGET', case_keys[1], 'version')
+  if not current then return {-1} end
+  if current ~= expected then return {0, tonumber(current)} end
+  for index = 2, #case_keys do redis.call('DEL', case_keys[index]) end
+  redis.call('DEL', case_keys[1])
+  for index = 1, #fields, 2 do
+    redis.call('HSET', case_keys[1], fields[index], fields[index + 1])
+  end
+  local version = tonumber(current) + 1
+  redis.call('HSET', case_keys[1], 'version', version)
+  redis.call('EXPIRE', case_keys[1], ttl)
+  return {1, version}
+end
+"""
+"""A Lua function that replaces a case by its tombstone, for scripts to embed.
+
+``write_tombstone(case_keys, expected, ttl, fields)`` takes the case hash
+first in ``case_keys`` and deletes the other keys, but only while the case's
+``version`` is still ``expected`` (a string). ``fields`` is a flat list of the
+tombstone's field/value pairs. It returns ``{1, version}`` when written,
+``{0, version}`` on a version conflict and ``{-1}`` when the case is gone.
+"""
+
 # KEYS[1] case hash, KEYS[2..] the case's other keys to delete.
 # ARGV[1] expected version, ARGV[2] TTL, then field/value pairs of the tombstone.
-_TOMBSTONE = """
-local current = redis.call('HGET', KEYS[1], 'version')
-if not current then return {-1} end
-if current ~= ARGV[1] then return {0, tonumber(current)} end
-for index = 2, #KEYS do redis.call('DEL', KEYS[index]) end
-redis.call('DEL', KEYS[1])
-for index = 3, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[index], ARGV[index + 1])
-end
-local version = tonumber(current) + 1
-redis.call('HSET', KEYS[1], 'version', version)
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-return {1, version}
+_TOMBSTONE = (
+    TOMBSTONE_LUA
+    + """
+return write_tombstone(KEYS, ARGV[1], tonumber(ARGV[2]), {unpack(ARGV, 3)})
 """
+)
 
 # KEYS[1] an index key. ARGV[1] the value it must hold to be deleted.
 _DELETE_IF_EQUAL = """
@@ -108,6 +126,25 @@ TOMBSTONE_FIELDS: tuple[str, ...] = (
 """The fields a tombstone keeps: enough to stop reminders and duplicate deliveries."""
 
 assert PERSONAL_FIELDS.isdisjoint(TOMBSTONE_FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class TombstoneWrite:
+    """The arguments of ``write_tombstone`` (see ``TOMBSTONE_LUA``) for one case."""
+
+    case: Case
+    """The case as read; the write expects its version."""
+    case_keys: list[str]
+    """The case hash first, then the keys of the case deleted with it."""
+    fields: list[str]
+    """The tombstone's fields as a flat field/value list."""
+    values: dict[str, Any]
+    """The tombstone's fields before encoding."""
+
+    @property
+    def expected_version(self) -> str:
+        """The version the case must still have, as Redis stores it."""
+        return str(self.case.version)
 
 
 class CaseNotFound(LookupError):
@@ -511,6 +548,32 @@ class CaseStore:
             raise ValueError(f"event {event} leads to {target}, not a final step")
         return self._tombstone_values(case, target)
 
+    def plan_tombstone(
+        self, case: Case, event: Event, *, expected_step: Step | None = None
+    ) -> TombstoneWrite:
+        """Check that ``event`` finishes ``case`` as read; return its tombstone write.
+
+        For a script that embeds ``TOMBSTONE_LUA``. The script must also
+        delete the chat index (if it still holds the case id) and the QR page
+        key, as ``finish_case`` does.
+
+        Raises:
+            TransitionRejected: the case is a tombstone, is not in
+                ``expected_step``, or ``event`` is not allowed in its step.
+            ValueError: ``event`` leads to a step that is not final.
+        """
+        values = self._final_values(case, event, expected_step)
+        fields = [item for pair in encode_fields(values).items() for item in pair]
+        return TombstoneWrite(case, self._tombstone_keys(case), fields, values)
+
+    def tombstone_written(self, write: TombstoneWrite, version: int) -> Case:
+        """Log the close of the case that ``write`` replaced; return its tombstone."""
+        case = write.case
+        logger.info("case closed case=%s outcome=%s", case.ref, write.values["step"])
+        raw = encode_fields(write.values)
+        raw["version"] = str(version)
+        return Case.from_hash(case.case_id, raw)
+
     def _closed_case(
         self, case: Case, values: dict[str, Any], version: int, cleanup: Pipeline
     ) -> Case:
@@ -520,10 +583,9 @@ class CaseStore:
             cleanup.eval(_DELETE_IF_EQUAL, 1, keys.chat(case.chat_id), case.case_id)
         if case.pairing_page_id:
             cleanup.delete(keys.pairing_page(case.pairing_page_id))
-        logger.info("case closed case=%s outcome=%s", case.ref, values["step"])
-        raw = encode_fields(values)
-        raw["version"] = str(version)
-        return Case.from_hash(case.case_id, raw)
+        fields = [item for pair in encode_fields(values).items() for item in pair]
+        write = TombstoneWrite(case, self._tombstone_keys(case), fields, values)
+        return self.tombstone_written(write, version)
 
     async def _write_tombstone(self, case: Case, values: dict[str, Any]) -> list[Any]:
         # Returns the tombstone script's reply: {1, version}, {0, version} on

@@ -44,32 +44,58 @@ FAILED = "failed"
 ABANDONED = "abandoned"
 """Statuses of a delivery record."""
 
-# KEYS[1] delivery hash. ARGV[1] now, ARGV[2] owner, ARGV[3] lease end.
-# Returns {1, attempt, fields} when leased, where fields is the hash after the
-# lease as a flat name/value list, {0, lease end} while another worker owns
-# it, {-1} when the record is gone and {-2} when it is no longer pending.
-_LEASE = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {-1} end
-if status ~= 'pending' then return {-2} end
-local held = redis.call('HGET', KEYS[1], 'lease_until')
-if held and tonumber(held) > tonumber(ARGV[1]) then return {0, held} end
-redis.call('HSET', KEYS[1], 'lease_owner', ARGV[2], 'lease_until', ARGV[3])
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-return {1, attempt, redis.call('HGETALL', KEYS[1])}
+LEASE_LUA = """
+local function take_lease(record, now, owner, lease_end)
+  local status = redis.call('HGET', record, 'status')
+  if not status then return {-1} end
+  if status ~= 'pending' then return {-2} end
+  local held = redis.call('HGET', record, 'lease_until')
+  if held and tonumber(held) > tonumber(now) then return {0, held} end
+  redis.call('HSET', record, 'lease_owner', owner, 'lease_until', lease_end)
+  local attempt = redis.call('HINCRBY', record, 'attempts', 1)
+  return {1, attempt, redis.call('HGETALL', record)}
+end
+"""
+"""A Lua function that leases one delivery record, for scripts to embed.
+
+``take_lease(record, now, owner, lease_end)`` returns ``{1, attempt, fields}``
+when leased, where ``fields`` is the hash after the lease as a flat
+name/value list, ``{0, lease end}`` while another worker owns it, ``{-1}``
+when the record is gone and ``{-2}`` when it is no longer pending.
 """
 
-# KEYS[1] delivery hash. ARGV[1] owner, then field/value pairs to set.
-# Writes an attempt's outcome and ends the lease, but only for the worker that
-# still owns the lease. A worker whose lease ran out has lost the delivery.
-_RELEASE = """
-if redis.call('HGET', KEYS[1], 'lease_owner') ~= ARGV[1] then return 0 end
-for index = 2, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[index], ARGV[index + 1])
+RELEASE_LUA = """
+local function release_lease(record, owner, fields)
+  if redis.call('HGET', record, 'lease_owner') ~= owner then return 0 end
+  for index = 1, #fields, 2 do
+    redis.call('HSET', record, fields[index], fields[index + 1])
+  end
+  redis.call('HDEL', record, 'lease_owner', 'lease_until')
+  return 1
 end
-redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until')
-return 1
 """
+"""A Lua function that writes an attempt's outcome and ends its lease.
+
+``release_lease(record, owner, fields)`` writes the flat field/value list
+``fields`` only for the worker that still owns the lease, and returns 1, else
+0: a worker whose lease ran out has lost the delivery.
+"""
+
+# KEYS[1] delivery hash. ARGV[1] now, ARGV[2] owner, ARGV[3] lease end.
+_LEASE = (
+    LEASE_LUA
+    + """
+return take_lease(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+"""
+)
+
+# KEYS[1] delivery hash. ARGV[1] owner, then field/value pairs to set.
+_RELEASE = (
+    RELEASE_LUA
+    + """
+return release_lease(KEYS[1], ARGV[1], {unpack(ARGV, 2)})
+"""
+)
 
 
 # KEYS[1] delivery hash. ARGV[1] now, ARGV[2] record TTL.
@@ -177,8 +203,18 @@ class DeliveryQueue:
     async def take_new(self, consumer: str, *, block_ms: int) -> int:
         """Move announced deliveries into the retry schedule; return how many.
 
+        Runs ``read_new``, then ``schedule_entries``.
+        """
+        entries = await self.read_new(consumer, block_ms=block_ms)
+        await self.schedule_entries(entries)
+        return len(entries)
+
+    async def read_new(self, consumer: str, *, block_ms: int) -> list[tuple[str, str]]:
+        """Return the intake entries for ``consumer`` as (entry id, delivery id).
+
         Entries a dead worker left unscheduled are taken over first. Blocks up
-        to ``block_ms`` when there is nothing new.
+        to ``block_ms`` when there is nothing new. The caller schedules them
+        with ``schedule_entries``, which also acknowledges them.
         """
         _next, claimed, _deleted = await self._redis.xautoclaim(
             keys.deliveries(),
@@ -198,14 +234,22 @@ class DeliveryQueue:
             )
             for _stream, stream_entries in response or []:
                 entries.extend(stream_entries)
+        return [
+            (str(entry_id), str(fields.get("delivery_id", "")))
+            for entry_id, fields in entries
+        ]
 
+    async def schedule_entries(self, entries: Sequence[tuple[str, str]]) -> None:
+        """Schedule the first attempt of each intake entry, then acknowledge it.
+
+        ``entries`` are (entry id, delivery id) pairs from ``read_new``.
+        """
         if not entries:
-            return 0
-
+            return
         # Three round trips for the whole batch: the records' next attempt
         # times, the schedule, then the acknowledgement. An entry is
         # acknowledged only after its delivery is in the schedule.
-        delivery_ids = [fields.get("delivery_id", "") for _entry, fields in entries]
+        delivery_ids = [delivery_id for _entry_id, delivery_id in entries]
         async with self._redis.pipeline(transaction=False) as pipe:
             for delivery_id in delivery_ids:
                 pipe.hget(keys.delivery(delivery_id), "next_at")
@@ -220,12 +264,11 @@ class DeliveryQueue:
                 pipe.zadd(keys.delivery_schedule(), first_attempts, nx=True)
                 pipe.expire(keys.delivery_schedule(), keys.DELIVERY_QUEUE_TTL_SECONDS)
                 await pipe.execute()
-        entry_ids = [entry_id for entry_id, _fields in entries]
+        entry_ids = [entry_id for entry_id, _delivery_id in entries]
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xack(keys.deliveries(), DELIVERY_GROUP, *entry_ids)
             pipe.xdel(keys.deliveries(), *entry_ids)
             await pipe.execute()
-        return len(entries)
 
     async def schedule(
         self,

@@ -49,6 +49,12 @@ from pairing_service.deliveries import (
     DeliveryQueue,
     DeliveryRecord,
 )
+from pairing_service.delivery_scripts import (
+    NOT_APPLIED,
+    AttemptInputs,
+    FinishedDelivery,
+    OneServerSteps,
+)
 from pairing_service.packages import StoredPackage
 from pairing_service.retry import Jitter, full_jitter, parse_retry_after, retry_delay
 from pairing_service.services import Services
@@ -109,16 +115,6 @@ class FailedDelivery:
 
 SupportNotifier = Callable[[FailedDelivery], Awaitable[None]]
 """Called once per delivery that failed for good, after the dead letter is listed."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Inputs:
-    """The case, endpoint flag and package that an attempt reads before it sends."""
-
-    case: Case | None
-    disabled: dict[str, str] | None
-    """The disabled-endpoint flag of the record's municipality, or None."""
-    package: StoredPackage | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,9 +196,16 @@ class DeliveryWorker:
         self._http: aiohttp.ClientSession | None = None
         self._group_ready = False
         self._stopping = False
+        # On one server each step is one script; Redis Cluster keeps the
+        # pipelines of one-key commands below.
+        self._one_server = (
+            OneServerSteps(services.store, event_stream=services.events.stream_key)
+            if services.single_server
+            else None
+        )
         # Attempts that reach the same phase together share its round trips.
         batch = max(1, concurrency)
-        self._inputs: Coalescer[DeliveryRecord, _Inputs] = Coalescer(
+        self._inputs: Coalescer[DeliveryRecord, AttemptInputs] = Coalescer(
             self._read_inputs, max_batch=batch, name="delivery-inputs"
         )
         self._delivered: Coalescer[_Delivered, None] = Coalescer(
@@ -268,10 +271,14 @@ class DeliveryWorker:
                 if not self._group_ready:
                     await self._queue.ensure_group()
                     self._group_ready = True
-                taken = await self._queue.take_new(
+                entries = await self._queue.read_new(
                     self._consumer, block_ms=INTAKE_BLOCK_MS
                 )
-                if taken:
+                if self._one_server is not None:
+                    await self._one_server.schedule_new(entries)
+                else:
+                    await self._queue.schedule_entries(entries)
+                if entries:
                     self._wake.set()
             except asyncio.CancelledError:
                 raise
@@ -318,21 +325,35 @@ class DeliveryWorker:
         free = self._free_slots()
         if free <= 0:
             return IDLE_WAIT_SECONDS
-        due, next_at = await self._queue.due_and_next(limit=free)
-        candidates = [
-            delivery_id for delivery_id in due if delivery_id not in self._active
-        ]
-        leased = await self._queue.lease_many(
-            candidates, self._consumer, seconds=self._lease_seconds
-        )
-        for record in leased:
-            task = asyncio.create_task(self._run_attempt(record))
+        leased: list[tuple[DeliveryRecord, AttemptInputs | None]]
+        if self._one_server is not None:
+            batch = await self._one_server.take_due(
+                self._consumer,
+                limit=free,
+                now=self._services.clock(),
+                lease_seconds=self._lease_seconds,
+                running=list(self._active),
+            )
+            due_count, next_at = batch.due, batch.next_at
+            leased = list(batch.leased)
+        else:
+            due, next_at = await self._queue.due_and_next(limit=free)
+            candidates = [
+                delivery_id for delivery_id in due if delivery_id not in self._active
+            ]
+            records = await self._queue.lease_many(
+                candidates, self._consumer, seconds=self._lease_seconds
+            )
+            due_count = len(due)
+            leased = [(record, None) for record in records]
+        for record, inputs in leased:
+            task = asyncio.create_task(self._run_attempt(record, inputs))
             self._active[record.delivery_id] = task
             self._unsent.add(record.delivery_id)
 
         if self._free_slots() <= 0:
             return IDLE_WAIT_SECONDS
-        if len(leased) < len(due):
+        if len(leased) < due_count:
             # A due delivery was not leased and moved in the schedule, so the
             # time read before the leases may be stale. Look again soon.
             return MIN_WAIT_SECONDS
@@ -352,9 +373,11 @@ class DeliveryWorker:
             self._unsent.discard(delivery_id)
             self._wake.set()
 
-    async def _run_attempt(self, record: DeliveryRecord) -> None:
+    async def _run_attempt(
+        self, record: DeliveryRecord, inputs: AttemptInputs | None
+    ) -> None:
         try:
-            await self._attempt(record)
+            await self._attempt(record, inputs)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -369,9 +392,12 @@ class DeliveryWorker:
             self._unsent.discard(record.delivery_id)
             self._wake.set()
 
-    async def _attempt(self, record: DeliveryRecord) -> None:
+    async def _attempt(
+        self, record: DeliveryRecord, inputs: AttemptInputs | None
+    ) -> None:
         services = self._services
-        inputs = await self._inputs.submit(record)
+        if inputs is None:
+            inputs = await self._inputs.submit(record)
         case, disabled, package = inputs.case, inputs.disabled, inputs.package
         if case is None or case.delivery_id != record.delivery_id:
             await self._abandon(record, "case_gone")
@@ -446,7 +472,7 @@ class DeliveryWorker:
             delay,
         )
 
-    async def _read_inputs(self, records: list[DeliveryRecord]) -> list[_Inputs]:
+    async def _read_inputs(self, records: list[DeliveryRecord]) -> list[AttemptInputs]:
         # One pipeline for a batch of attempts: the case and the package of
         # each, and the endpoint flag of each municipality once. Each command
         # reads one key. The package is read even when the case turns out
@@ -462,11 +488,11 @@ class DeliveryWorker:
             replies = await pipe.execute()
 
         flags = dict(zip(codes, replies[2 * len(records) :], strict=True))
-        inputs: list[_Inputs] = []
+        inputs: list[AttemptInputs] = []
         for index, record in enumerate(records):
             raw_case, raw_package = replies[2 * index], replies[2 * index + 1]
             inputs.append(
-                _Inputs(
+                AttemptInputs(
                     case=Case.from_hash(record.case_id, raw_case) if raw_case else None,
                     disabled=flags[record.municipality_code] or None,
                     package=StoredPackage.from_hash(raw_package)
@@ -508,6 +534,45 @@ class DeliveryWorker:
         return AttemptResult(status, retry_after, f"http_{status}")
 
     async def _close_delivered(self, batch: list[_Delivered]) -> list[Exception | None]:
+        if self._one_server is None:
+            return await self._close_delivered_in_phases(batch)
+
+        # One script per delivery, all in one round trip. A delivery whose
+        # case changed since it was read, or is gone, takes the phases below.
+        services = self._services
+        delivered_at = services.clock()
+        finished = await self._one_server.finish_delivered(
+            [(item.record, item.case, item.finished_here) for item in batch],
+            self._consumer,
+            delivered_at=delivered_at,
+        )
+        outcomes: list[Exception | None] = [None] * len(batch)
+        again: list[int] = []
+        for index, outcome in enumerate(finished):
+            record = batch[index].record
+            if outcome is NOT_APPLIED:
+                again.append(index)
+            elif isinstance(outcome, FinishedDelivery):
+                if outcome.tombstone is not None:
+                    metrics.record_delivered(record.created_at, delivered_at)
+                logger.info(
+                    "delivery succeeded case=%s attempt=%s",
+                    record.case_ref,
+                    record.attempts,
+                )
+            else:
+                outcomes[index] = outcome
+        if again:
+            retried = await self._close_delivered_in_phases(
+                [batch[index] for index in again]
+            )
+            for index, outcome in zip(again, retried, strict=True):
+                outcomes[index] = outcome
+        return outcomes
+
+    async def _close_delivered_in_phases(
+        self, batch: list[_Delivered]
+    ) -> list[Exception | None]:
         # The bookkeeping of a batch of 2xx responses, in three round trips:
         # the tombstones, then the index deletions with the events, then the
         # records' close. Each phase starts after the one before returned,
