@@ -3,14 +3,16 @@
 Run: ``/work/venv/bin/python bench/bench_claim.py [--rounds 5] [--requests 2000]``
 
 Starts a private redis-server and, in separate processes, the pairing service
-and two copies of a minimal aiohttp application whose only handler does one
+and three copies of a minimal aiohttp application whose only handler does one
 Redis GET: one with a plain redis-py client, one with the client settings of
 the service (``journey.redis_client.connect`` with the service's socket
-timeout). In each round the same aiohttp client sends the same number of
-requests with the same concurrency to each: successful claims of fresh codes
-to the service, and the same JSON bodies to the baselines. It prints a table
-of the rounds with the medians and the ratios claim/baseline. A ratio near 1
-means the claim costs about one Redis round trip and the usual handler work.
+timeout), and one that also sends its GET, as a script, through the service's
+``ScriptPipeline``, which shares one pipeline among concurrent requests. In
+each round the same aiohttp client sends the same number of requests with the
+same concurrency to each: successful claims of fresh codes to the service,
+and the same JSON bodies to the baselines. It prints a table of the rounds
+with the medians and the ratios claim/baseline, and one of the servers' CPU
+time per request.
 """
 
 from __future__ import annotations
@@ -42,10 +44,17 @@ SERVICE_TOKEN = "bench-service-token-" + "x" * 24
 MUNICIPALITY = "GM0193"
 START_TIMEOUT_SECONDS = 15.0
 
-SERVERS = ("bare", "client", "service")
+SERVERS = ("bare", "client", "pipelined", "service")
 """The servers of each round, in the order they are loaded: the baseline with
 a plain redis-py client, the baseline with the client settings of the service
-(socket timeout and retries), and the pairing service."""
+(socket timeout and retries), the baseline that also sends its call through
+the service's ``ScriptPipeline``, and the pairing service."""
+
+BASELINE_KEY = "bench:baseline"
+
+_GET_SCRIPT = "return redis.call('GET', KEYS[1])"
+"""The pipelined baseline's one Redis call: a GET, as a script, so that it can
+share pipelines the way the service's scripts do."""
 
 
 def registry_document() -> dict[str, Any]:
@@ -90,8 +99,8 @@ def serve_service(port: int, redis_url: str, registry_path: str) -> None:
     )
 
 
-def serve_baseline(port: int, redis_url: str, *, service_client: bool) -> None:
-    if service_client:
+def serve_baseline(port: int, redis_url: str, kind: str) -> None:
+    if kind in ("client", "pipelined"):
         from journey.redis_client import connect
         from pairing_service.app import (
             REDIS_CONNECT_TIMEOUT_SECONDS,
@@ -106,10 +115,24 @@ def serve_baseline(port: int, redis_url: str, *, service_client: bool) -> None:
     else:
         redis = Redis.from_url(redis_url, decode_responses=True)
 
+    if kind == "pipelined":
+        from pairing_service.script_pipeline import ScriptPipeline
+
+        pipeline = ScriptPipeline(redis)
+        script = redis.register_script(_GET_SCRIPT)
+
+        async def get_value() -> str | None:
+            value: str | None = await pipeline.call(script, [BASELINE_KEY], [])
+            return value
+    else:
+
+        async def get_value() -> str | None:
+            value: str | None = await redis.get(BASELINE_KEY)
+            return value
+
     async def handler(request: web.Request) -> web.Response:
         await request.read()
-        value = await redis.get("bench:baseline")
-        return web.json_response({"value": value})
+        return web.json_response({"value": await get_value()})
 
     app = web.Application()
     app.router.add_post("/claim", handler)
@@ -216,6 +239,7 @@ async def run(
     urls = {
         "bare": f"http://127.0.0.1:{ports['bare']}/claim",
         "client": f"http://127.0.0.1:{ports['client']}/claim",
+        "pipelined": f"http://127.0.0.1:{ports['pipelined']}/claim",
         "service": f"{service_url}/app/v1/claim",
     }
     results: dict[str, list[float]] = {kind: [] for kind in SERVERS}
@@ -224,7 +248,8 @@ async def run(
         await wait_until_up(f"{service_url}/healthz")
         await wait_until_up(urls["bare"])
         await wait_until_up(urls["client"])
-        await redis.set("bench:baseline", "1", ex=3600)
+        await wait_until_up(urls["pipelined"])
+        await redis.set(BASELINE_KEY, "1", ex=3600)
         for round_number in range(rounds):
             codes = await prepare_codes(service_url, redis, requests)
             bodies = [json.dumps({"code": code}).encode() for code in codes]
@@ -241,12 +266,8 @@ async def run(
                         f"only {succeeded} of {requests} claims succeeded"
                     )
                 results[kind].append(rps)
-            print(
-                f"round {round_number + 1}: bare {results['bare'][-1]:.0f}/s "
-                f"client {results['client'][-1]:.0f}/s "
-                f"claim {results['service'][-1]:.0f}/s",
-                flush=True,
-            )
+            rates = " ".join(f"{kind} {results[kind][-1]:.0f}/s" for kind in SERVERS)
+            print(f"round {round_number + 1}: {rates}", flush=True)
     finally:
         await redis.aclose()
         for process in processes:
@@ -266,53 +287,85 @@ def process_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+BASELINE_LABELS = {
+    "bare": "bare client",
+    "client": "service's client",
+    "pipelined": "shared pipeline",
+}
+"""Column names of the three baselines in the printed tables."""
+
+
 def print_cpu_table(cpu: dict[str, list[float]]) -> None:
     """Print the server CPU per request, which the machine's load hardly moves."""
-    print(
-        "| round | bare client (µs CPU per request) | service's client (µs) | "
-        "claim (µs) | bare / claim |"
-    )
-    print("| --- | --- | --- | --- | --- |")
-    rows = list(zip(cpu["bare"], cpu["client"], cpu["service"], strict=True))
-    for index, (bare, client, claim) in enumerate(rows, 1):
-        print(
-            f"| {index} | {bare:.0f} | {client:.0f} | {claim:.0f} "
-            f"| {bare / claim:.2f} |"
+    baselines = [f"{label} (µs)" for label in BASELINE_LABELS.values()]
+    ratios = [f"{kind} / claim" for kind in BASELINE_LABELS]
+    print_row(["round", *baselines, "claim (µs)", *ratios])
+    print_row(["---"] * (2 + 2 * len(BASELINE_LABELS)))
+    for index in range(len(cpu["service"])):
+        claim = cpu["service"][index]
+        values = [cpu[kind][index] for kind in BASELINE_LABELS]
+        print_row(
+            [
+                str(index + 1),
+                *(f"{value:.0f}" for value in values),
+                f"{claim:.0f}",
+                *(f"{value / claim:.2f}" for value in values),
+            ]
         )
-    bare = statistics.median(cpu["bare"])
-    client = statistics.median(cpu["client"])
     claim = statistics.median(cpu["service"])
-    print(f"| median | {bare:.0f} | {client:.0f} | {claim:.0f} | {bare / claim:.2f} |")
+    medians = [statistics.median(cpu[kind]) for kind in BASELINE_LABELS]
+    print_row(
+        [
+            "median",
+            *(f"{value:.0f}" for value in medians),
+            f"{claim:.0f}",
+            *(f"{value / claim:.2f}" for value in medians),
+        ]
+    )
 
 
 def print_table(results: dict[str, list[float]]) -> None:
-    """Print the rounds and their medians as the Markdown table of the docs."""
-    print(
-        "| round | baseline, bare client (req/s) | baseline, service's client "
-        "(req/s) | claim (req/s) | ratio to bare | ratio to service's client |"
-    )
-    print("| --- | --- | --- | --- | --- | --- |")
-    rows = list(
-        zip(results["bare"], results["client"], results["service"], strict=True)
-    )
-    for index, (bare, client, claim) in enumerate(rows, 1):
-        print(
-            f"| {index} | {bare:.0f} | {client:.0f} | {claim:.0f} | "
-            f"{claim / bare:.2f} | {claim / client:.2f} |"
+    """Print the rounds and their medians as the Markdown table of the docs.
+
+    The median ratio is the median of the rounds' ratios, not the ratio of
+    the medians, because each round measures all servers close together.
+    """
+    baselines = [f"{label} (req/s)" for label in BASELINE_LABELS.values()]
+    ratios = [f"claim / {kind}" for kind in BASELINE_LABELS]
+    print_row(["round", *baselines, "claim (req/s)", *ratios])
+    print_row(["---"] * (2 + 2 * len(BASELINE_LABELS)))
+    for index in range(len(results["service"])):
+        claim = results["service"][index]
+        values = [results[kind][index] for kind in BASELINE_LABELS]
+        print_row(
+            [
+                str(index + 1),
+                *(f"{value:.0f}" for value in values),
+                f"{claim:.0f}",
+                *(f"{claim / value:.2f}" for value in values),
+            ]
         )
-    bare = statistics.median(results["bare"])
-    client = statistics.median(results["client"])
-    claim = statistics.median(results["service"])
-    ratios_bare = statistics.median(
-        c / b for b, c in zip(results["bare"], results["service"], strict=True)
+    medians = [statistics.median(results[kind]) for kind in BASELINE_LABELS]
+    median_ratios = [
+        statistics.median(
+            claim / value
+            for claim, value in zip(results["service"], results[kind], strict=True)
+        )
+        for kind in BASELINE_LABELS
+    ]
+    print_row(
+        [
+            "median",
+            *(f"{value:.0f}" for value in medians),
+            f"{statistics.median(results['service']):.0f}",
+            *(f"{ratio:.2f}" for ratio in median_ratios),
+        ]
     )
-    ratios_client = statistics.median(
-        c / b for b, c in zip(results["client"], results["service"], strict=True)
-    )
-    print(
-        f"| median | {bare:.0f} | {client:.0f} | {claim:.0f} | "
-        f"{ratios_bare:.2f} | {ratios_client:.2f} |"
-    )
+
+
+def print_row(cells: list[str]) -> None:
+    """Print one row of a Markdown table."""
+    print("| " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -334,7 +387,7 @@ def main() -> None:
         serve_service(args.port, args.redis, args.registry)
         return
     if args.serve is not None:
-        serve_baseline(args.port, args.redis, service_client=args.serve == "client")
+        serve_baseline(args.port, args.redis, args.serve)
         return
 
     results, cpu = asyncio.run(run(args.rounds, args.requests, args.concurrency))
