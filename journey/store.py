@@ -133,13 +133,11 @@ class TombstoneWrite:
     """The arguments of ``write_tombstone`` (see ``TOMBSTONE_LUA``) for one case."""
 
     case: Case
-    """The case as read; the write expects its version."""
+    """The case as read, whose version the write expects."""
     case_keys: list[str]
     """The case hash first, then the keys of the case deleted with it."""
     fields: list[str]
     """The tombstone's fields as a flat field/value list."""
-    values: dict[str, Any]
-    """The tombstone's fields before encoding."""
 
     @property
     def expected_version(self) -> str:
@@ -554,7 +552,7 @@ class CaseStore:
         """Check that ``event`` finishes ``case`` as read; return its tombstone write.
 
         For a script that embeds ``TOMBSTONE_LUA``. The script must also
-        delete the chat index (if it still holds the case id) and the QR page
+        delete the chat index (if it still contains the case id) and the QR page
         key, as ``finish_case`` does.
 
         Raises:
@@ -564,15 +562,7 @@ class CaseStore:
         """
         values = self._final_values(case, event, expected_step)
         fields = [item for pair in encode_fields(values).items() for item in pair]
-        return TombstoneWrite(case, self._tombstone_keys(case), fields, values)
-
-    def tombstone_written(self, write: TombstoneWrite, version: int) -> Case:
-        """Log the close of the case that ``write`` replaced; return its tombstone."""
-        case = write.case
-        logger.info("case closed case=%s outcome=%s", case.ref, write.values["step"])
-        raw = encode_fields(write.values)
-        raw["version"] = str(version)
-        return Case.from_hash(case.case_id, raw)
+        return TombstoneWrite(case, self._tombstone_keys(case), fields)
 
     def _closed_case(
         self, case: Case, values: dict[str, Any], version: int, cleanup: Pipeline
@@ -583,9 +573,10 @@ class CaseStore:
             cleanup.eval(_DELETE_IF_EQUAL, 1, keys.chat(case.chat_id), case.case_id)
         if case.pairing_page_id:
             cleanup.delete(keys.pairing_page(case.pairing_page_id))
-        fields = [item for pair in encode_fields(values).items() for item in pair]
-        write = TombstoneWrite(case, self._tombstone_keys(case), fields, values)
-        return self.tombstone_written(write, version)
+        logger.info("case closed case=%s outcome=%s", case.ref, values["step"])
+        raw = encode_fields(values)
+        raw["version"] = str(version)
+        return Case.from_hash(case.case_id, raw)
 
     async def _write_tombstone(self, case: Case, values: dict[str, Any]) -> list[Any]:
         # Returns the tombstone script's reply: {1, version}, {0, version} on

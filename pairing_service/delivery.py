@@ -86,6 +86,12 @@ LEASED_AHEAD_PER_REQUEST = 1
 them are in flight. Their Redis round trips then overlap those requests, and
 each waits for a free slot to send."""
 
+LEASE_BATCH_PER_REQUEST = 0.5
+"""Free places, per request slot, that the worker waits for before it leases
+again while attempts leased ahead still wait for a slot. Leasing in batches
+spreads the cost of one lease script over several deliveries, and the
+attempts leased ahead keep every slot busy meanwhile."""
+
 BOOKKEEPING_PER_REQUEST = 1
 """Attempts whose request has ended and that wait for their bookkeeping in
 Redis, per request slot. Beyond this a slow Redis stops new leases instead of
@@ -191,12 +197,13 @@ class DeliveryWorker:
         """The attempts from their lease until their request ends."""
         self._max_unsent = concurrency * (1 + LEASED_AHEAD_PER_REQUEST)
         self._max_active = self._max_unsent + concurrency * BOOKKEEPING_PER_REQUEST
+        self._lease_batch = max(1, int(concurrency * LEASE_BATCH_PER_REQUEST))
         self._request_slots = asyncio.Semaphore(concurrency)
         self._loops: list[asyncio.Task[None]] = []
         self._http: aiohttp.ClientSession | None = None
         self._group_ready = False
         self._stopping = False
-        # On one server each step is one script; Redis Cluster keeps the
+        # On one server each step is one script. Redis Cluster keeps the
         # pipelines of one-key commands below.
         self._one_server = (
             OneServerSteps(services.store, event_stream=services.events.stream_key)
@@ -324,6 +331,10 @@ class DeliveryWorker:
         # return how long to wait until the next one is due.
         free = self._free_slots()
         if free <= 0:
+            return IDLE_WAIT_SECONDS
+        if free < self._lease_batch and len(self._unsent) > self._concurrency:
+            # Every request slot has an attempt to send next, so wait for a
+            # larger batch. The end of each request wakes this loop.
             return IDLE_WAIT_SECONDS
         leased: list[tuple[DeliveryRecord, AttemptInputs | None]]
         if self._one_server is not None:
@@ -553,12 +564,15 @@ class DeliveryWorker:
             if outcome is NOT_APPLIED:
                 again.append(index)
             elif isinstance(outcome, FinishedDelivery):
-                if outcome.tombstone is not None:
+                if outcome.closed_case:
                     metrics.record_delivered(record.created_at, delivered_at)
+                # One line for the delivery and the case, which it closed
+                # here or an earlier attempt closed.
                 logger.info(
-                    "delivery succeeded case=%s attempt=%s",
+                    "delivery succeeded case=%s attempt=%s case_closed=%s",
                     record.case_ref,
                     record.attempts,
+                    "here" if outcome.closed_case else "earlier",
                 )
             else:
                 outcomes[index] = outcome

@@ -213,8 +213,8 @@ class DueBatch:
 class FinishedDelivery:
     """The outcome of one ``finish_delivered`` script that ran to its end."""
 
-    tombstone: Case | None
-    """The tombstone it wrote, or None when an earlier attempt wrote it."""
+    closed_case: bool
+    """Whether it wrote the tombstone, which is False when an earlier attempt did."""
     released: bool
     """Whether this worker still owned the lease and closed the record."""
 
@@ -268,7 +268,7 @@ class OneServerSteps:
 
         ``running`` lists the deliveries that ``owner`` already runs; they
         count as due but are left alone. A delivery whose lease another
-        worker holds moves to that lease's end in the schedule, and one whose
+        worker owns moves to that lease's end in the schedule, and one whose
         record is gone or closed leaves the schedule.
         """
         reply = await self._take_due(
@@ -337,10 +337,7 @@ class OneServerSteps:
             if isinstance(reply, Exception):
                 outcomes[index] = reply
             elif reply[0] == 1:
-                tombstone = None
-                if write is not None:
-                    tombstone = self._store.tombstone_written(write, int(reply[1]))
-                outcomes[index] = FinishedDelivery(tombstone, bool(reply[2]))
+                outcomes[index] = FinishedDelivery(write is not None, bool(reply[2]))
         return outcomes
 
     def _finish_call(
