@@ -15,7 +15,9 @@ The worker keeps no delivery state in memory: the schedule and the leases are
 in Redis (see ``pairing_service.deliveries``), so a restart loses nothing and
 any number of workers can run. Attempts that reach the same step at the same
 time share its Redis round trips (see ``pairing_service.batching``): the
-leases, the reads of cases and packages, and the bookkeeping after a 2xx.
+leases, the reads of cases and packages, and the bookkeeping after a 2xx. On
+one Redis server each of these steps is one Lua script per delivery or per
+batch (see ``pairing_service.delivery_scripts``).
 """
 
 from __future__ import annotations
@@ -333,8 +335,9 @@ class DeliveryWorker:
         if free <= 0:
             return IDLE_WAIT_SECONDS
         if free < self._lease_batch and len(self._unsent) > self._concurrency:
-            # Every request slot has an attempt to send next, so wait for a
-            # larger batch. The end of each request wakes this loop.
+            # An attempt leased ahead still waits for a request slot, so no
+            # slot idles while this loop waits for a larger batch. The end of
+            # each request wakes it.
             return IDLE_WAIT_SECONDS
         leased: list[tuple[DeliveryRecord, AttemptInputs | None]]
         if self._one_server is not None:
