@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -37,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -386,18 +388,45 @@ def run_post_loop(url: str, public_key: str) -> None:
     sys.stdin.read()
 
 
-def run_receiver() -> None:
+def run_receiver(port: int) -> None:
     """Run the receiver's child: print the webhook URL, serve until stdin ends."""
 
     async def serve() -> None:
         runner, url, _receiver = await start_receiver(
-            secret=SECRET, private_key=os.environ[PRIVATE_KEY_VARIABLE]
+            secret=SECRET, private_key=os.environ[PRIVATE_KEY_VARIABLE], port=port
         )
         print(url, flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         await runner.cleanup()
 
     asyncio.run(serve())
+
+
+@contextlib.asynccontextmanager
+async def receiver_child(private_key: str, port: int) -> AsyncIterator[int]:
+    """Run a new receiver process on ``port`` and yield its process id.
+
+    The sandbox receiver keeps every request and plaintext it received, so
+    each round starts a new one: a receiver that had grown over the earlier
+    rounds took up to half again as much CPU per request.
+    """
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--receiver",
+        str(port),
+        env=_child_environment({PRIVATE_KEY_VARIABLE: private_key}),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        await _read_line_with(process.stdout, "http://")
+        yield process.pid
+    finally:
+        process.stdin.close()
+        await process.wait()
 
 
 # --- the rounds --------------------------------------------------------------
@@ -417,22 +446,13 @@ async def main(*, one_process: bool, service_client: bool) -> None:
         redis = Redis.from_url(server.url, decode_responses=True)
     key_pair = generate_key_pair()
     directory = tempfile.TemporaryDirectory(prefix="bench-delivery-")
-    receiver_process: asyncio.subprocess.Process | None = None
+    receiver_port = free_port()
     if one_process:
         runner, url, _receiver = await start_receiver(
             secret=SECRET, private_key=key_pair.private_key
         )
     else:
-        receiver_process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            __file__,
-            "--receiver",
-            env=_child_environment({PRIVATE_KEY_VARIABLE: key_pair.private_key}),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert receiver_process.stdout is not None
-        url = (await _read_line_with(receiver_process.stdout, "http://")).strip()
+        url = f"http://127.0.0.1:{receiver_port}/webhook"
 
     document = registry_document(url, key_pair.public_key)
     registry_path = Path(directory.name) / "municipalities.json"
@@ -469,28 +489,32 @@ async def main(*, one_process: bool, service_client: bool) -> None:
                 )
                 workers.append(await worker_round(services, events))
             else:
-                assert receiver_process is not None
-                watched = {
-                    "receiver": receiver_process.pid,
-                    "redis-server": server.process.pid,
-                    "bench": os.getpid(),
-                }
-                baselines.append(
-                    await baseline_process_round(url, key_pair.public_key, watched)
-                )
-                workers.append(
-                    await worker_process_round(
-                        services, events, service_environment, watched
+                watched = {"redis-server": server.process.pid, "bench": os.getpid()}
+                async with receiver_child(
+                    key_pair.private_key, receiver_port
+                ) as receiver_pid:
+                    baselines.append(
+                        await baseline_process_round(
+                            url,
+                            key_pair.public_key,
+                            {"receiver": receiver_pid, **watched},
+                        )
                     )
-                )
+                async with receiver_child(
+                    key_pair.private_key, receiver_port
+                ) as receiver_pid:
+                    workers.append(
+                        await worker_process_round(
+                            services,
+                            events,
+                            service_environment,
+                            {"receiver": receiver_pid, **watched},
+                        )
+                    )
             print(f"round {round_number + 1}: {_row(baselines[-1], workers[-1])}")
     finally:
         if one_process:
             await runner.cleanup()
-        elif receiver_process is not None:
-            assert receiver_process.stdin is not None
-            receiver_process.stdin.close()
-            await receiver_process.wait()
         await redis.aclose()
         server.stop()
         directory.cleanup()
@@ -570,11 +594,11 @@ if __name__ == "__main__":
         action="store_true",
         help="with --one-process: make the Redis client with the service's timeouts",
     )
-    parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--receiver", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--post-loop", nargs=2, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    if arguments.receiver:
-        run_receiver()
+    if arguments.receiver is not None:
+        run_receiver(arguments.receiver)
     elif arguments.post_loop:
         run_post_loop(*arguments.post_loop)
     else:
