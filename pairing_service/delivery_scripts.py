@@ -21,6 +21,7 @@ there the worker keeps its pipelines of one-key commands (see
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from string import Template
@@ -56,8 +57,8 @@ def _lua_key(builder: Callable[[str], str], argument: str) -> str:
 
 
 # KEYS[1] the schedule. ARGV[1] now, ARGV[2] owner, ARGV[3] lease end,
-# ARGV[4] maximum number of due deliveries, then the ids of the deliveries
-# that this worker already runs, which it leaves alone.
+# ARGV[4] maximum number of due deliveries, ARGV[5] a JSON list of the ids of
+# the deliveries that this worker already runs, which it leaves alone.
 # Returns {due, next_at, leased}: the number of due deliveries found (running
 # ones included), the score of the first entry after them or '' when there
 # is none, and per leased delivery {id, record, case, package, flag}, each a
@@ -72,7 +73,7 @@ _TAKE_DUE = Template(
 local now = tonumber(ARGV[1])
 local limit = tonumber(ARGV[4])
 local running = {}
-for index = 5, #ARGV do running[ARGV[index]] = true end
+for _, id in ipairs(cjson.decode(ARGV[5])) do running[id] = true end
 local entries = redis.call('ZRANGE', KEYS[1], 0, limit, 'WITHSCORES')
 local due = 0
 local leased = {}
@@ -143,12 +144,13 @@ return scheduled
 
 # KEYS[1] the delivery record, KEYS[2] the schedule, KEYS[3] the event
 # stream, KEYS[4..3+n] the case hash and the case's keys deleted with it, then
-# the chat index when ARGV[6] is '1' and the QR page key when ARGV[7] is '1'.
-# ARGV[1] n, or 0 when an earlier attempt wrote the tombstone. ARGV[2] the
-# case's expected version, ARGV[3] case id, ARGV[4] owner, ARGV[5] delivery
-# id, ARGV[6] and ARGV[7] the flags above, ARGV[8] e and ARGV[9] r. Then come
-# e values of the event's fields, r values of the record's closing fields and
-# the tombstone's fields.
+# the chat index when ``chat`` is true and the QR page key when ``page`` is.
+# ARGV[1] is a JSON object (see ``_finish_call``): ``case_keys`` n, or 0 when
+# an earlier attempt wrote the tombstone, the case's expected ``version``,
+# ``case_id``, ``owner``, ``delivery_id``, the flags ``chat`` and ``page``, and
+# the flat field/value lists ``event``, ``record`` (closing fields) and
+# ``tombstone``. redis-py packs each argument in Python, which cost more than
+# the request itself when these were some forty separate arguments.
 # Returns {1, version, released} when done, where version is '' without a
 # tombstone write and released is what release_lease returned. Returns
 # {0, version} on a version conflict and {-1} when the case is gone, and
@@ -157,28 +159,28 @@ _FINISH_DELIVERED = Template(
     TOMBSTONE_LUA
     + RELEASE_LUA
     + """
-local case_keys = tonumber(ARGV[1])
-local event_end = 9 + tonumber(ARGV[8])
-local record_end = event_end + tonumber(ARGV[9])
+local finish = cjson.decode(ARGV[1])
+local case_keys = finish.case_keys
 local version = ''
 if case_keys > 0 then
-  local written = write_tombstone({unpack(KEYS, 4, 3 + case_keys)}, ARGV[2],
-    $tombstone_ttl, {unpack(ARGV, record_end + 1)})
+  local written = write_tombstone({unpack(KEYS, 4, 3 + case_keys)},
+    finish.version, $tombstone_ttl, finish.tombstone)
   if written[1] ~= 1 then return written end
   version = written[2]
   local index = 4 + case_keys
-  if ARGV[6] == '1' then
-    if redis.call('GET', KEYS[index]) == ARGV[3] then redis.call('DEL', KEYS[index]) end
+  if finish.chat then
+    if redis.call('GET', KEYS[index]) == finish.case_id then
+      redis.call('DEL', KEYS[index])
+    end
     index = index + 1
   end
-  if ARGV[7] == '1' then redis.call('DEL', KEYS[index]) end
+  if finish.page then redis.call('DEL', KEYS[index]) end
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', $stream_length, '*',
-  unpack(ARGV, 10, event_end))
+  unpack(finish.event))
 redis.call('EXPIRE', KEYS[3], $stream_ttl)
-local released = release_lease(KEYS[1], ARGV[4],
-  {unpack(ARGV, event_end + 1, record_end)})
-redis.call('ZREM', KEYS[2], ARGV[5])
+local released = release_lease(KEYS[1], finish.owner, finish.record)
+redis.call('ZREM', KEYS[2], finish.delivery_id)
 return {1, version, released}
 """
 ).substitute(
@@ -273,7 +275,13 @@ class OneServerSteps:
         """
         reply = await self._take_due(
             keys=[keys.delivery_schedule()],
-            args=[str(now), owner, str(now + lease_seconds), limit, *running],
+            args=[
+                str(now),
+                owner,
+                str(now + lease_seconds),
+                limit,
+                json.dumps(list(running)),
+            ],
         )
         due, next_at, leased_replies = reply
         leased: list[tuple[DeliveryRecord, AttemptInputs]] = []
@@ -372,21 +380,19 @@ class OneServerSteps:
             chat_id=case.chat_id,
             language=case.language,
         )
-        event_fields = [item for pair in event.items() for item in pair]
-        arguments: list[Any] = [
-            len(write.case_keys) if write is not None else 0,
-            write.expected_version if write is not None else "",
-            case.case_id,
-            owner,
-            record.delivery_id,
-            "1" if has_chat else "0",
-            "1" if has_page else "0",
-            len(event_fields),
-            len(record_fields),
-            *event_fields,
-            *record_fields,
-            *(write.fields if write is not None else ()),
-        ]
+        finish = {
+            "case_keys": len(write.case_keys) if write is not None else 0,
+            "version": write.expected_version if write is not None else "",
+            "case_id": case.case_id,
+            "owner": owner,
+            "delivery_id": record.delivery_id,
+            "chat": has_chat,
+            "page": has_page,
+            "event": [item for pair in event.items() for item in pair],
+            "record": record_fields,
+            "tombstone": write.fields if write is not None else [],
+        }
+        arguments: list[Any] = [json.dumps(finish, separators=(",", ":"))]
         return script_keys, arguments
 
     async def _pipelined(

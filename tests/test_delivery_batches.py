@@ -236,8 +236,11 @@ async def tombstone_seen(redis: Redis) -> AsyncIterator[asyncio.Event]:
         async def watch() -> None:
             while not seen.is_set():
                 command = str((await monitor.next_command())["command"])
-                # The tombstone's fields are arguments of its script.
-                if command.upper().startswith("EVAL") and " tombstone " in command:
+                # Every tombstone script sets the tombstone flag with HSET,
+                # and MONITOR shows the commands that a script runs.
+                if command.upper().startswith("HSET") and command.endswith(
+                    " tombstone 1"
+                ):
                     seen.set()
 
         watcher = asyncio.create_task(watch())
