@@ -145,12 +145,12 @@ return scheduled
 # KEYS[1] the delivery record, KEYS[2] the schedule, KEYS[3] the event
 # stream, KEYS[4..3+n] the case hash and the case's keys deleted with it, then
 # the chat index when ``chat`` is true and the QR page key when ``page`` is.
-# ARGV[1] is a JSON object (see ``_finish_call``): ``case_keys`` n, or 0 when
-# an earlier attempt wrote the tombstone, the case's expected ``version``,
-# ``case_id``, ``owner``, ``delivery_id``, the flags ``chat`` and ``page``, and
-# the flat field/value lists ``event``, ``record`` (closing fields) and
-# ``tombstone``. redis-py packs each argument in Python, which cost more than
-# the request itself when these were some forty separate arguments.
+# ARGV[1] is a JSON object (see ``_finish_call``). Its ``case_keys`` is n, or 0
+# when an earlier attempt wrote the tombstone. It also has the case's expected
+# ``version``, ``case_id``, ``owner``, ``delivery_id``, the flags ``chat`` and
+# ``page``, and the flat field/value lists ``event``, ``record`` (closing
+# fields) and ``tombstone``. redis-py encodes every argument in Python, so one
+# JSON value costs less to send than these some forty values would.
 # Returns {1, version, released} when done, where version is '' without a
 # tombstone write and released is what release_lease returned. Returns
 # {0, version} on a version conflict and {-1} when the case is gone, and
