@@ -1,9 +1,9 @@
 """Benchmark: deliveries per second of the delivery worker, against bare POSTs.
 
 Run: ``/work/venv/bin/python bench/bench_delivery.py``. It starts a private
-redis-server and, in a process of its own, the sandbox municipality receiver,
-which verifies the signature, checks the id and decrypts every request. Then
-per round:
+redis-server. For each sender of each round it starts the sandbox
+municipality receiver in a process of its own, which verifies the signature,
+checks the id and decrypts every request. Per round:
 
 - baseline: a process of its own runs a bare aiohttp loop that POSTs the same
   number of deliveries, sealed and shaped in advance, to the receiver, with as
