@@ -87,8 +87,8 @@ while due < limit and 2 * due < #entries
     local lease = take_lease(record, ARGV[1], ARGV[2], ARGV[3])
     if lease[1] == 1 then
       redis.call('ZADD', KEYS[1], 'XX', ARGV[3], id)
-      local case_id = redis.call('HGET', record, 'case_id')
-      local code = redis.call('HGET', record, 'municipality_code')
+      local case_id = redis.call('HGET', record, 'case_id') or ''
+      local code = redis.call('HGET', record, 'municipality_code') or ''
       if flags[code] == nil then
         flags[code] = redis.call('HGETALL', $flag_key)
       end
