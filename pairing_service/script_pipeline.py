@@ -8,9 +8,13 @@ commands instead: one connection, one write, one wait, the same replies. Every
 script still runs on its own and atomically; the pipeline is no transaction,
 so one call's error is only that call's.
 
-An idle service sends a lone call as it is, without a pipeline. A script that
-the server does not know (after a restart or ``SCRIPT FLUSH``) is loaded, and
-the calls that met ``NOSCRIPT`` are sent again.
+An idle service sends a lone call as it is, without a pipeline; redis-py then
+loads a script that the server does not know. In a pipeline, the calls that
+meet ``NOSCRIPT`` (after a restart or ``SCRIPT FLUSH``) are sent again as
+``EVAL`` with the script's source, which also caches the script for the next
+``EVALSHA``. A ``SCRIPT LOAD`` before the retry would leave a window in which
+another flush fails the retry, and under load that window spans many turns of
+the event loop.
 
 Only for a single Redis server: on Redis Cluster the calls of one pipeline go
 to the nodes of their keys, which redis-py's cluster pipeline does in its own
@@ -67,24 +71,29 @@ class ScriptPipeline:
             # An error of the lone call is raised to its caller as it is.
             script, keys, args = calls[0]
             return [await script(keys=keys, args=args)]
-        replies = await self._send(calls)
+
+        replies = await self._send(calls, with_source=False)
         missing = [
             index
             for index, reply in enumerate(replies)
             if isinstance(reply, NoScriptError)
         ]
         if missing:
-            unknown = {calls[index][0].sha: calls[index][0] for index in missing}
-            for script in unknown.values():
-                await self._redis.script_load(script.script)
-            again = await self._send([calls[index] for index in missing])
+            again = await self._send(
+                [calls[index] for index in missing], with_source=True
+            )
             for index, reply in zip(missing, again, strict=True):
                 replies[index] = reply
         return replies
 
-    async def _send(self, calls: Sequence[ScriptCall]) -> list[Any]:
+    async def _send(
+        self, calls: Sequence[ScriptCall], *, with_source: bool
+    ) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
         for script, keys, args in calls:
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            if with_source:
+                pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)
+            else:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies

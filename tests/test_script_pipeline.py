@@ -97,6 +97,35 @@ async def test_pipeline_lone_call_after_flush(redis: Redis, named: Redis) -> Non
     assert reply == ["alone", 1]
 
 
+class ForgetfulRedis(Redis):
+    """A client that sends ``SCRIPT FLUSH`` right after each ``SCRIPT LOAD``.
+
+    It plays a flush that lands between the reload of a script and the retry.
+    """
+
+    async def script_load(self, script: str) -> str:  # type: ignore[override]
+        sha = str(await super().script_load(script))
+        await self.script_flush()
+        return sha
+
+
+async def test_pipeline_retry_survives_another_flush(
+    redis_server: RedisServer, redis: Redis
+) -> None:
+    client = ForgetfulRedis.from_url(redis_server.url, decode_responses=True)
+    try:
+        pipeline = ScriptPipeline(client)
+        script = client.register_script(_COUNT_AND_ECHO)
+        await redis.script_flush()
+        replies = await asyncio.gather(
+            *(pipeline.call(script, ["test:count"], [str(n)]) for n in range(CALLS))
+        )
+    finally:
+        await client.aclose()
+    assert [reply[0] for reply in replies] == [str(n) for n in range(CALLS)]
+    assert sorted(int(reply[1]) for reply in replies) == list(range(1, CALLS + 1))
+
+
 async def test_pipeline_connection_error_reaches_all() -> None:
     # Nothing listens on this port. Each caller gets the error and none hangs.
     unreachable = Redis(
