@@ -266,11 +266,15 @@ async def _post_init(application: BotApplication) -> None:
         desk = SupportDesk(services, application.bot)
         application.bot_data[SUPPORT_DESK_KEY] = desk
         await desk.start()
+    processor = application.update_processor
     consumer = EventConsumer(
         services,
         application.bot,
         services.settings.consumer_name,
         support_desk=desk,
+        chat_order=(
+            processor if isinstance(processor, ChatOrderedUpdateProcessor) else None
+        ),
     )
     application.bot_data[CONSUMER_KEY] = consumer
     consumer.start()

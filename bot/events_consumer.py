@@ -22,6 +22,7 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter
 from bot.i18n import translate
 from bot.services import BotServices
 from bot.support.desk import SUPPORT_ACTIVE, HelpOutcome, SupportDesk
+from bot.update_order import ChatOrderedUpdateProcessor
 from handlers.render import Reply, render_progress, render_step
 from journey.events import EventType, ServiceEvent
 from journey.model import Case
@@ -59,11 +60,13 @@ class EventConsumer:
         consumer_name: str,
         *,
         support_desk: SupportDesk | None = None,
+        chat_order: ChatOrderedUpdateProcessor | None = None,
     ) -> None:
         self._services = services
         self._bot = bot
         self._consumer = consumer_name
         self._support_desk = support_desk
+        self._chat_order = chat_order
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._handling = False
@@ -192,7 +195,8 @@ class EventConsumer:
             return True
 
         try:
-            await self._send_for(event, case, chat_id)
+            async with self._turn_of(chat_id):
+                await self._send_for(event, case, chat_id)
         except Forbidden:
             # The client blocked the bot or deleted the chat.
             logger.info(
@@ -208,6 +212,14 @@ class EventConsumer:
         else:
             logger.debug("event rendered case=%s event=%s", case.ref, event.type)
         return True
+
+    def _turn_of(self, chat_id: int) -> contextlib.AbstractAsyncContextManager[None]:
+        # NOTE: the turn orders an event's message after the update being
+        # handled in this process only. With several webhook replicas, the
+        # reply to an update on another replica may still come second.
+        if self._chat_order is None:
+            return contextlib.nullcontext()
+        return self._chat_order.chat_turn(chat_id)
 
     async def _send_for(self, event: ServiceEvent, case: Case, chat_id: int) -> None:
         language = str(event.data.get("language") or case.language)

@@ -18,7 +18,8 @@ answered as an old button and never moves a case twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from telegram import Update
@@ -40,6 +41,9 @@ class ChatOrderedUpdateProcessor(BaseUpdateProcessor):
         super().__init__(max_concurrent_updates)
         self._locks: dict[int, asyncio.Lock] = {}
         self._waiting: dict[int, int] = {}
+        self.turn_requested = asyncio.Event()
+        """Set whenever a turn of any chat is requested. An observer clears it
+        and waits for the next request."""
 
     @property
     def chats_in_progress(self) -> int:
@@ -54,19 +58,33 @@ class ChatOrderedUpdateProcessor(BaseUpdateProcessor):
         if chat_id is None:
             await coroutine
             return
+        async with self.chat_turn(chat_id):
+            await coroutine
 
+    @contextlib.asynccontextmanager
+    async def chat_turn(self, chat_id: int) -> AsyncIterator[None]:
+        """Wait until no earlier update or turn of ``chat_id`` runs, then hold it.
+
+        The event consumer sends its messages inside a turn, so a message of
+        an event waits for the reply of an update that is being handled.
+        """
         lock = self._locks.setdefault(chat_id, asyncio.Lock())
         self._waiting[chat_id] = self._waiting.get(chat_id, 0) + 1
+        self.turn_requested.set()
         try:
             async with lock:
-                await coroutine
+                yield
         finally:
-            # The last update of a chat removes its lock, so the table only
+            # The last turn of a chat removes its lock, so the table only
             # holds chats with work at hand.
             self._waiting[chat_id] -= 1
             if self._waiting[chat_id] == 0:
                 del self._waiting[chat_id]
                 del self._locks[chat_id]
+
+    def turns_of(self, chat_id: int) -> int:
+        """Return the number of turns of ``chat_id`` that run or wait."""
+        return self._waiting.get(chat_id, 0)
 
     async def initialize(self) -> None:
         """Nothing to allocate: the locks are made on demand."""

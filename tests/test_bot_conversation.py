@@ -853,6 +853,35 @@ async def test_delivered_after_tombstone_uses_event_chat(
     assert "gemeente Zwolle gestuurd" in text_of(answer)
 
 
+async def test_event_message_waits_for_running_update(
+    chat: Chat, store: CaseStore, redis: Redis, bot: Any
+) -> None:
+    # The last consent's reply and the "delivered" message of the same
+    # delivery race each other. An event's message waits for the update of
+    # its chat that is being handled, as the reply of that update does.
+    case = await fetching_case(chat, store)
+    await store.apply(case.case_id, Event.PACKAGE_RECEIVED, expected_step=Step.FETCHING)
+    await store.apply(case.case_id, Event.CLIENT_CONSENTS, expected_step=Step.CONSENT)
+    await store.finish(case.case_id, Event.DELIVERED)
+    processor = bot.update_processor
+    async with processor.chat_turn(USER_ID):
+        await EventStream(redis).publish(
+            EventType.DELIVERED, case.case_id, chat_id=USER_ID
+        )
+        # The consumer queues behind this turn instead of sending at once.
+        async with asyncio.timeout(WAIT_SECONDS):
+            while True:
+                processor.turn_requested.clear()
+                if processor.turns_of(USER_ID) >= 2:
+                    break
+                await processor.turn_requested.wait()
+        await bot.bot.send_message(USER_ID, "reply of the running update")
+    first = await chat.sent()
+    second = await chat.sent()
+    assert text_of(first) == "reply of the running update"
+    assert "gemeente Zwolle gestuurd" in text_of(second)
+
+
 async def test_event_without_chat_is_acknowledged(
     chat: Chat, store: CaseStore, redis: Redis
 ) -> None:
