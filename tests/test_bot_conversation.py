@@ -668,7 +668,7 @@ async def test_status_tells_where_and_next(chat: Chat, store: CaseStore) -> None
     await walk_to(chat, store, Step.CHECK_SMS)
     await chat.say("/status")
     answer = await chat.sent()
-    assert "Waar ben je?" in text_of(answer)
+    assert "Zo ver ben je:" in text_of(answer)
     assert "Wat komt hierna?" in text_of(answer)
     assert "controle via sms" in text_of(answer)
 
@@ -914,7 +914,7 @@ async def test_event_for_blocked_chat_is_dropped(
     await other.sent()
     await store.apply(case.case_id, Event.START)
     await events.publish(EventType.REVIEW_READY, case.case_id)
-    await other.sent_containing("Het ophalen is klaar")
+    await other.sent_containing("De app is klaar met ophalen")
 
     pending = await redis.xpending(keys.events(), "bot")
     assert pending["pending"] == 0
@@ -1349,7 +1349,7 @@ async def test_status_at_qr_step_shows_qr_message(
 
     shown = await chat.sent()
     assert shown.get("photo")
-    assert "Waar ben je?" in text_of(shown)
+    assert "Zo ver ben je:" in text_of(shown)
     assert button_texts(shown) == button_texts(photo)
     assert await step_of(store, case) is Step.QR
     code = url_of(shown, "Open de Ockto app").split("#", 1)[1]
@@ -1380,6 +1380,6 @@ async def test_status_at_qr_step_without_service(chat: Chat, store: CaseStore) -
     await chat.say("/status")
 
     shown = await chat.sent()
-    assert "Waar ben je?" in text_of(shown)
+    assert "Zo ver ben je:" in text_of(shown)
     assert translate("qr.unavailable", "nl") in text_of(shown)
     assert button_texts(shown) == ["Nieuwe code"]
