@@ -65,10 +65,13 @@ from pairing_service.webhook import build_payload, signed_headers
 logger = logging.getLogger(__name__)
 
 LEASE_SECONDS = 60.0
-"""How long one attempt may own a delivery: four times the default request
-timeout. An attempt leased ahead waits for at most one request before its own,
-so a live worker keeps its lease unless an attempt stalls far beyond its
+"""Minimum time one attempt may own a delivery: four times the default request
 timeout. A dead worker's delivery is retried within a minute."""
+
+LEASE_PER_TIMEOUT = 4
+"""Request timeouts per lease. An attempt leased ahead waits for at most one
+request before its own, so a lease of at least two timeouts stays with a live
+worker, and four leave room for a slow Redis."""
 
 IDLE_WAIT_SECONDS = 1.0
 """Maximum pause between two reads of the schedule, so retries scheduled by
@@ -164,7 +167,9 @@ class DeliveryWorker:
             attempts more are leased and read ahead, and an attempt frees
             its slot when its request ends, before its bookkeeping.
         jitter: draws the delay below a schedule entry (full jitter by default).
-        lease_seconds: how long one attempt may hold a delivery.
+        lease_seconds: how long one attempt may hold a delivery. By default
+            ``LEASE_PER_TIMEOUT`` request timeouts, and at least
+            ``LEASE_SECONDS``.
         notify_support: called for every delivery that failed for good, in
             addition to the ERROR log line and the dead-letter list.
     """
@@ -177,7 +182,7 @@ class DeliveryWorker:
         timeout_seconds: float,
         concurrency: int = 8,
         jitter: Jitter = full_jitter,
-        lease_seconds: float = LEASE_SECONDS,
+        lease_seconds: float | None = None,
         notify_support: SupportNotifier | None = None,
     ) -> None:
         self._services = services
@@ -186,6 +191,8 @@ class DeliveryWorker:
         self._timeout = timeout_seconds
         self._concurrency = concurrency
         self._jitter = jitter
+        if lease_seconds is None:
+            lease_seconds = max(LEASE_SECONDS, LEASE_PER_TIMEOUT * timeout_seconds)
         self._lease_seconds = lease_seconds
         # NOTE: no support group exists yet, so by default support learns of a
         # failure only from the ERROR log line and the dead-letter list.
@@ -225,6 +232,11 @@ class DeliveryWorker:
     def consumer(self) -> str:
         """This worker's name in the consumer group and in leases."""
         return self._consumer
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long one attempt of this worker owns its delivery."""
+        return self._lease_seconds
 
     @property
     def requests_sent(self) -> int:

@@ -727,3 +727,17 @@ def test_default_request_timeout_is_15_seconds() -> None:
 
 def test_default_schedule_is_documented() -> None:
     assert DEFAULT_RETRY_SCHEDULE == (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800)
+
+
+@pytest.mark.parametrize(
+    ("timeout_seconds", "lease_seconds"), [(2.0, 60.0), (45.0, 180.0)]
+)
+async def test_lease_outlasts_two_timeouts(
+    service: Harness, timeout_seconds: float, lease_seconds: float
+) -> None:
+    # An attempt leased ahead waits for one request before it sends its own,
+    # so a lease shorter than two timeouts lets a second worker send the same
+    # delivery while the first one still waits for its answer.
+    worker = worker_for(service, timeout_seconds=timeout_seconds)
+    assert worker.lease_seconds == lease_seconds
+    assert worker.lease_seconds >= 2 * timeout_seconds
