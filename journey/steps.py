@@ -141,7 +141,7 @@ for _step in Step:
         continue
     if _step is not Step.DELIVERING:
         _RULES[(_step, Event.CANCEL)] = (_Rule(Step.CANCELLED),)
-    _RULES[(_step, Event.EXPIRE)] = (_Rule(Step.EXPIRED),)
+        _RULES[(_step, Event.EXPIRE)] = (_Rule(Step.EXPIRED),)
 del _step
 
 
