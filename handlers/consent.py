@@ -9,6 +9,7 @@ package after a no.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -103,6 +104,14 @@ async def _give(update: Update, context: Context, case: Case, *, consent: bool) 
             FINAL_TEXT_KEYS[step], case.language, municipality=municipality
         )
         await send(update, context, Reply(text))
+        return
+
+    if step is Step.DELIVERING:
+        # The worker may finish before this reply, so a fresh read can find
+        # the case delivered already. The reply shows the step this consent
+        # led to, and the event consumer's "delivered" message follows it.
+        delivering = dataclasses.replace(case, step=Step.DELIVERING)
+        await send_step(update, context, delivering)
         return
 
     current = await services.store.find(case.case_id)

@@ -98,6 +98,22 @@ async def test_journey_delivers_package(
     assert transcript.delivered_text == translate(
         "delivered.body", municipality="Zwolle"
     )
+    # After the last "Ja" the client reads that the data goes out, and then
+    # that it arrived, once each and in that order.
+    last_tap = max(
+        index
+        for index, line in enumerate(transcript.lines)
+        if line.startswith("client: [")
+    )
+    replies = [
+        line.removeprefix("bot:    ")
+        for line in transcript.lines[last_tap + 1 :]
+        if line.startswith("bot:")
+    ]
+    assert replies == [
+        translate("delivering.body", municipality="Zwolle"),
+        translate("delivered.body", municipality="Zwolle"),
+    ]
     assert tombstone.step is Step.DELIVERED
     assert tombstone.tombstone
 
