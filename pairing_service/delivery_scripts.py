@@ -28,7 +28,6 @@ from string import Template
 from typing import Any
 
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
 
 from journey import keys
 from journey.events import EventType, encode_event
@@ -43,6 +42,7 @@ from pairing_service.deliveries import (
     DeliveryRecord,
 )
 from pairing_service.packages import StoredPackage
+from pairing_service.script_pipeline import run_in_pipeline
 
 
 def _lua_key(builder: Callable[[str], str], argument: str) -> str:
@@ -398,29 +398,11 @@ class OneServerSteps:
     async def _pipelined(
         self, script: AsyncScript, calls: list[tuple[list[str], list[Any]]]
     ) -> list[Any]:
-        # EVALSHA of every call in one pipeline. A server that lost its script
-        # cache (a restart) returns NOSCRIPT without running the script, so
-        # those calls are sent once more after SCRIPT LOAD.
-        replies = await self._send(script.sha, calls)
-        missing = [
-            index
-            for index, reply in enumerate(replies)
-            if isinstance(reply, NoScriptError)
+        # EVALSHA of every call in one pipeline, with NOSCRIPT handled.
+        pipelined = [
+            (script, script_keys, arguments) for script_keys, arguments in calls
         ]
-        if missing:
-            await self._redis.script_load(script.script)
-            again = await self._send(script.sha, [calls[index] for index in missing])
-            for index, reply in zip(missing, again, strict=True):
-                replies[index] = reply
-        return replies
-
-    async def _send(
-        self, sha: str, calls: list[tuple[list[str], list[Any]]]
-    ) -> list[Any]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for script_keys, arguments in calls:
-                pipe.evalsha(sha, len(script_keys), *script_keys, *arguments)
-            return list(await pipe.execute(raise_on_error=False))
+        return await run_in_pipeline(self._redis, pipelined)
 
 
 def _as_hash(fields: list[str]) -> dict[str, str]:

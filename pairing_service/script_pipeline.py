@@ -72,28 +72,39 @@ class ScriptPipeline:
             script, keys, args = calls[0]
             return [await script(keys=keys, args=args)]
 
-        replies = await self._send(calls, with_source=False)
-        missing = [
-            index
-            for index, reply in enumerate(replies)
-            if isinstance(reply, NoScriptError)
-        ]
-        if missing:
-            again = await self._send(
-                [calls[index] for index in missing], with_source=True
-            )
-            for index, reply in zip(missing, again, strict=True):
-                replies[index] = reply
-        return replies
+        return await run_in_pipeline(self._redis, calls)
 
-    async def _send(
-        self, calls: Sequence[ScriptCall], *, with_source: bool
-    ) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for script, keys, args in calls:
-            if with_source:
-                pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)
-            else:
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
+
+async def run_in_pipeline(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Run every call in one pipeline of ``EVALSHA`` and return their replies.
+
+    A reply is the script's result or the ``ResponseError`` of that call. The
+    calls that meet ``NOSCRIPT`` go out once more as ``EVAL`` with the source.
+
+    Raises:
+        redis.exceptions.ConnectionError, TimeoutError: Redis is unreachable.
+    """
+    replies = await _send(redis, calls, with_source=False)
+    missing = [
+        index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)
+    ]
+    if missing:
+        again = await _send(
+            redis, [calls[index] for index in missing], with_source=True
+        )
+        for index, reply in zip(missing, again, strict=True):
+            replies[index] = reply
+    return replies
+
+
+async def _send(
+    redis: Redis, calls: Sequence[ScriptCall], *, with_source: bool
+) -> list[Any]:
+    pipe = redis.pipeline(transaction=False)
+    for script, keys, args in calls:
+        if with_source:
+            pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)
+        else:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    replies: list[Any] = await pipe.execute(raise_on_error=False)
+    return replies
