@@ -171,7 +171,7 @@ async def prepare(services: Services, count: int) -> None:
 async def skip_earlier_events(services: Services) -> None:
     """Move the bot's group past every event so far, such as those of ``prepare``.
 
-    The timed reading then sees only the events of the deliveries, not the
+    The timed reading then gets only the events of the deliveries, not the
     package and consent events that queued them.
     """
     await services.redis.xgroup_setid(keys.events(), BOT_GROUP, id="$")

@@ -44,7 +44,7 @@ class Services:
 
         On one Redis server the call shares a pipeline with the script calls
         of other requests in the same turn of the event loop (see
-        ``pairing_service.script_pipeline``); on Redis Cluster it goes alone.
+        ``pairing_service.script_pipeline``). On Redis Cluster it goes alone.
         """
         script = self.script(source)
         if self._pipeline is None:

@@ -737,7 +737,7 @@ async def test_lease_outlasts_two_timeouts(
 ) -> None:
     # An attempt leased ahead waits for one request before it sends its own,
     # so a lease shorter than two timeouts lets a second worker send the same
-    # delivery while the first one still waits for its answer.
+    # delivery while the first one still waits for its response.
     worker = worker_for(service, timeout_seconds=timeout_seconds)
     assert worker.lease_seconds == lease_seconds
     assert worker.lease_seconds >= 2 * timeout_seconds

@@ -73,8 +73,8 @@ def test_cancel_allowed_in_every_open_step_but_delivering() -> None:
 
 
 def test_expire_allowed_in_every_open_step_but_delivering() -> None:
-    # The worker may have sent the data already; the delivery's own outcome
-    # ends the case, and a late expiry must not hide it from the client.
+    # The worker may have sent the data already. The delivery's own outcome
+    # ends the case, so a late expiry must not hide it from the client.
     for step in Step:
         expected = step not in TERMINAL_STEPS and step is not Step.DELIVERING
         assert is_allowed(step, Event.EXPIRE) is expected, step
