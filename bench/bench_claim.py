@@ -273,7 +273,7 @@ async def run(
         for process in processes:
             process.terminate()
             process.wait(timeout=10)
-        redis_server.stop()
+        redis_server.remove()
         registry.unlink(missing_ok=True)
     return results, cpu
 

@@ -550,7 +550,7 @@ async def main(*, one_process: bool, service_client: bool) -> None:
         if one_process:
             await runner.cleanup()
         await redis.aclose()
-        server.stop()
+        server.remove()
         directory.cleanup()
     _print_summary(baselines, workers, one_process, service_client, load_before)
 

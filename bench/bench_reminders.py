@@ -223,7 +223,7 @@ async def run(arguments: argparse.Namespace) -> None:
         await redis.aclose()
         emulator.terminate()
         emulator.wait()
-        server.stop()
+        server.remove()
 
     rate = statistics.median(rates)
     cpu = statistics.median(cpu_per_reminder)

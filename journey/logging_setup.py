@@ -156,6 +156,11 @@ def configure_logging(
     if root.handlers and not force:
         return
 
+    # The lines name no thread or process, so records need not look them up
+    # (the logging module's documented switches for this).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = _KeyValueHandler(stream or sys.stderr)
     handler.setFormatter(KeyValueFormatter())
     handler.addFilter(SecretFilter())

@@ -5,11 +5,17 @@ starts a flush, which waits for the rest of the current turn of the event
 loop, so every caller that submits in that turn shares the flush. The items
 submitted while a flush runs go into the next one. An idle caller therefore
 waits for no timer, and a busy one shares round trips with the others.
+
+A coalescer with a ``min_batch`` above one also waits, up to
+``max_wait_seconds``, until that many items are pending, unless its owner
+calls ``hurry`` because no more items will come soon. Its callers then share
+larger batches, at the cost of that wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
@@ -32,18 +38,39 @@ class Coalescer(Generic[Item, Result]):
             is raised to every caller of that batch.
         max_batch: the maximum number of items in one call of ``flush``.
         name: names the flush task, for debugging.
+        min_batch: the number of pending items that a flush waits for,
+            at most ``max_wait_seconds``, before it starts.
+        max_wait_seconds: the maximum time of such a wait, in seconds.
     """
 
     def __init__(
-        self, flush: Flush[Item, Result], *, max_batch: int, name: str
+        self,
+        flush: Flush[Item, Result],
+        *,
+        max_batch: int,
+        name: str,
+        min_batch: int = 1,
+        max_wait_seconds: float = 0.0,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if not 1 <= min_batch <= max_batch:
+            raise ValueError(
+                f"min_batch must be from 1 to max_batch ({max_batch}), got {min_batch}"
+            )
+        if max_wait_seconds < 0:
+            raise ValueError(
+                f"max_wait_seconds must not be negative, got {max_wait_seconds}"
+            )
         self._flush = flush
         self._max_batch = max_batch
         self._name = name
+        self._min_batch = min_batch
+        self._max_wait = max_wait_seconds
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._enough = asyncio.Event()
+        """Set when ``min_batch`` items are pending or ``hurry`` was called."""
 
     async def submit(self, item: Item) -> Result:
         """Add ``item`` to the next batch and return its result.
@@ -53,9 +80,15 @@ class Coalescer(Generic[Item, Result]):
         """
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
+        if len(self._pending) >= self._min_batch:
+            self._enough.set()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=self._name)
         return await future
+
+    def hurry(self) -> None:
+        """Start the next flush without waiting for ``min_batch`` items."""
+        self._enough.set()
 
     async def drain(self) -> None:
         """Wait until the batches submitted so far are handled."""
@@ -68,11 +101,20 @@ class Coalescer(Generic[Item, Result]):
             # as the first one submit before the batch is cut.
             await asyncio.sleep(0)
             while self._pending:
+                await self._gather()
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 await self._run_batch(batch)
         finally:
             self._task = None
+
+    async def _gather(self) -> None:
+        # Wait for min_batch items, a call of hurry or the end of max_wait.
+        if self._max_wait > 0 and len(self._pending) < self._min_batch:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._max_wait):
+                    await self._enough.wait()
+        self._enough.clear()
 
     async def _run_batch(
         self, batch: list[tuple[Item, asyncio.Future[Result]]]

@@ -60,6 +60,11 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
 
+    def remove(self) -> None:
+        """Stop the server and delete its folder, after which it cannot restart."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
     def kill(self) -> None:
         """Kill the server at once, as a crash would."""
         if self.process.poll() is None:
@@ -105,8 +110,7 @@ def redis_server(**options: object) -> Iterator[RedisServer]:
     try:
         yield server
     finally:
-        server.stop()
-        shutil.rmtree(server.directory, ignore_errors=True)
+        server.remove()
 
 
 def _spawn(

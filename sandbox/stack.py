@@ -194,7 +194,7 @@ async def running_stack(
         stack.callback(shutil.rmtree, workdir, True)
         if redis_url is None:
             redis_server = start_redis_server()
-            stack.callback(redis_server.stop)
+            stack.callback(redis_server.remove)
             redis_url = redis_server.url
         redis = connect(redis_url)
         stack.push_async_callback(redis.aclose)

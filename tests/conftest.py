@@ -31,7 +31,7 @@ def redis_server() -> Iterator[RedisServer]:
     """A redis-server started by the test suite on a free loopback port."""
     server = start_redis_server()
     yield server
-    server.stop()
+    server.remove()
 
 
 @pytest.fixture

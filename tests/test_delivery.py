@@ -33,7 +33,11 @@ from journey.store import CaseStore
 from pairing_service.admin import AdminError, DeliveryAdmin
 from pairing_service.config import DEFAULT_DELIVERY_TIMEOUT_SECONDS
 from pairing_service.deliveries import DeliveryQueue
-from pairing_service.delivery import DeliveryWorker, FailedDelivery
+from pairing_service.delivery import (
+    LEASED_AHEAD_PER_REQUEST,
+    DeliveryWorker,
+    FailedDelivery,
+)
 from pairing_service.retry import (
     DEFAULT_RETRY_SCHEDULE,
     MAX_RETRY_AFTER_SECONDS,
@@ -730,14 +734,14 @@ def test_default_schedule_is_documented() -> None:
 
 
 @pytest.mark.parametrize(
-    ("timeout_seconds", "lease_seconds"), [(2.0, 60.0), (45.0, 180.0)]
+    ("timeout_seconds", "lease_seconds"), [(2.0, 60.0), (15.0, 75.0), (45.0, 225.0)]
 )
-async def test_lease_outlasts_two_timeouts(
+async def test_lease_outlasts_queued_requests(
     service: Harness, timeout_seconds: float, lease_seconds: float
 ) -> None:
-    # An attempt leased ahead waits for one request before it sends its own,
-    # so a lease shorter than two timeouts lets a second worker send the same
-    # delivery while the first one still waits for its response.
+    # An attempt leased ahead waits for up to LEASED_AHEAD_PER_REQUEST
+    # requests per slot before it sends its own. A shorter lease lets a
+    # second worker send the same delivery while the first one still waits.
     worker = worker_for(service, timeout_seconds=timeout_seconds)
     assert worker.lease_seconds == lease_seconds
-    assert worker.lease_seconds >= 2 * timeout_seconds
+    assert worker.lease_seconds > (LEASED_AHEAD_PER_REQUEST + 1) * timeout_seconds

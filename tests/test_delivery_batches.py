@@ -195,6 +195,9 @@ async def service_process(
             "HOST": "127.0.0.1",
             "PORT": str(free_port()),
             "DELIVERY_CONCURRENCY": str(BATCH),
+            # A short request timeout keeps the child's lease at LEASE_SECONDS,
+            # which the test's second worker skips past with its clock.
+            "DELIVERY_TIMEOUT_SECONDS": "2",
             "LOG_LEVEL": "INFO",
         }
     )

@@ -358,4 +358,5 @@ async def test_funnel_failed_count_waits_interval() -> None:
             assert sample_value(await scrape(client), failures) == before + 2
     finally:
         await redis.aclose()
+        server.remove()
         server.stop()

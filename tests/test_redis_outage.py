@@ -61,7 +61,7 @@ def durable_redis() -> Iterator[RedisServer]:
         append_only=True, extra_args=["--appendfsync", "always"]
     )
     yield server
-    server.stop()
+    server.remove()
 
 
 @pytest.fixture
