@@ -1,6 +1,6 @@
 """Benchmark: claim requests per second against a one-Redis-call baseline.
 
-Run: ``/work/venv/bin/python bench/bench_claim.py [--rounds 5] [--requests 2000]``
+Run: ``.venv/bin/python bench/bench_claim.py [--rounds 5] [--requests 2000]``
 
 Starts a private redis-server and, in separate processes, the pairing service
 and three copies of a minimal aiohttp application whose only handler does one

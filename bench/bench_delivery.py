@@ -1,6 +1,6 @@
 """Benchmark: deliveries per second of the delivery worker, against bare POSTs.
 
-Run: ``/work/venv/bin/python bench/bench_delivery.py``. It starts a private
+Run: ``.venv/bin/python bench/bench_delivery.py``. It starts a private
 redis-server. For each sender of each round it starts the sandbox
 municipality receiver in a process of its own, which verifies the signature,
 checks the id and decrypts every request. Per round:

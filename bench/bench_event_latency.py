@@ -1,6 +1,6 @@
 """Benchmark: latency from an app event to the bot's message, many journeys at once.
 
-Run: ``/work/venv/bin/python bench/bench_event_latency.py [--journeys 200]
+Run: ``.venv/bin/python bench/bench_event_latency.py [--journeys 200]
 [--rounds 3] [--paced-events 3] [--rate 25]``
 
 The whole product runs in this process (``sandbox.stack.running_stack``): the

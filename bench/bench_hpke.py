@@ -1,6 +1,6 @@
 """Benchmark: HPKE encryption of a 256 KiB package, against bare AES-GCM.
 
-Run: ``/work/venv/bin/python bench/bench_hpke.py``. It prints the median time
+Run: ``.venv/bin/python bench/bench_hpke.py``. It prints the median time
 of ``journey.package.seal`` per suite and its ratio to AES-128-GCM encryption
 of the same bytes, measured in the same run. The goal is at most 1 ms for the
 default suite (X25519).

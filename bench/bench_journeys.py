@@ -1,6 +1,6 @@
 """Benchmark: whole journeys at once, and bot updates per second against echo.
 
-Run: ``/work/venv/bin/python bench/bench_journeys.py [--clients 500]
+Run: ``.venv/bin/python bench/bench_journeys.py [--clients 500]
 [--updates 300] [--rounds 3] [--telegram-limits]``
 
 Part 1 starts the sandbox (``sandbox.stack.running_stack``) and lets

@@ -1,6 +1,6 @@
 """Benchmark of the reminder scheduler: memory per case, send rate, CPU per reminder.
 
-Run: ``/work/venv/bin/python bench/bench_reminders.py`` (options: ``--help``).
+Run: ``.venv/bin/python bench/bench_reminders.py`` (options: ``--help``).
 
 It starts a private redis-server and the project's Telegram emulator (a
 separate process, with Telegram's limits enforced: 30 messages a second,

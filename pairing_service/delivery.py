@@ -95,6 +95,15 @@ LEASE_PER_TIMEOUT = LEASED_AHEAD_PER_REQUEST + 2
 lease of that many timeouts plus one stays with a live worker. One timeout
 more leaves room for a slow Redis."""
 
+AHEAD_HORIZON_SECONDS = 0.25
+"""How far ahead, in time of requests, the worker leases. With requests that
+take 4 ms the full ``LEASED_AHEAD_PER_REQUEST`` applies. With requests of
+several seconds it leases one attempt ahead, so a slow receiver does not let
+one worker hold deliveries that another, idle worker could send."""
+
+REQUEST_TIME_WEIGHT = 0.2
+"""Weight of the latest request in the moving average of request durations."""
+
 LEASE_BATCH_PER_REQUEST = 1.5
 """Free places, per request slot, that the worker waits for before it leases
 again while attempts leased ahead still wait for a slot. Leasing in batches
@@ -117,8 +126,15 @@ Redis, per request slot. Beyond this a slow Redis stops new leases instead of
 piling up finished attempts."""
 
 STOP_GRACE_SECONDS = 5.0
-"""Time given to attempts in flight to finish when the worker stops. An attempt
-cut off after it keeps its lease and is retried by another worker."""
+"""Time given to requests in flight and their bookkeeping when the worker
+stops. An attempt cut off after it keeps its lease and is retried by another
+worker once the lease ends. Attempts that have not sent their request give
+their deliveries back at once instead (see ``stop``)."""
+
+BOOKKEEPING_RETRY_FIRST_SECONDS = 0.2
+"""First pause before the bookkeeping of an accepted delivery is tried again
+after Redis could not be reached. The pause doubles up to
+``REDIS_BACKOFF_SECONDS`` while the lease lasts."""
 
 USER_AGENT = "gezondverzekerd-delivery/1"
 
@@ -218,6 +234,14 @@ class DeliveryWorker:
         """Every attempt of this worker, by delivery id, until it ends."""
         self._unsent: set[str] = set()
         """The attempts from their lease until their request ends."""
+        self._records: dict[str, DeliveryRecord] = {}
+        """The leased record of every attempt in ``_active``."""
+        self._lease_ends: dict[str, float] = {}
+        """When the lease of every attempt in ``_active`` ends, by the clock."""
+        self._waiting_for_slot: set[str] = set()
+        """The attempts whose request waits for a free slot."""
+        self._request_seconds: float | None = None
+        """Moving average of the duration of this worker's requests."""
         self._max_unsent = concurrency * (1 + LEASED_AHEAD_PER_REQUEST)
         self._max_active = self._max_unsent + concurrency * BOOKKEEPING_PER_REQUEST
         self._lease_batch = max(1, int(concurrency * LEASE_BATCH_PER_REQUEST))
@@ -289,6 +313,7 @@ class DeliveryWorker:
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
 
+        await self._give_back_waiting()
         attempts = list(self._active.values())
         if attempts:
             _done, pending = await asyncio.wait(attempts, timeout=STOP_GRACE_SECONDS)
@@ -367,12 +392,14 @@ class DeliveryWorker:
         free = self._free_slots()
         if free <= 0:
             return IDLE_WAIT_SECONDS
-        if free < self._lease_batch and len(self._unsent) > self._concurrency:
+        lease_batch = min(self._lease_batch, self._leased_ahead_limit())
+        if free < lease_batch and len(self._unsent) > self._concurrency:
             # An attempt leased ahead still waits for a request slot, so no
             # slot idles while this loop waits for a larger batch. The end of
             # each request wakes it.
             return IDLE_WAIT_SECONDS
         leased: list[tuple[DeliveryRecord, AttemptInputs | None]]
+        lease_ends = self._services.clock() + self._lease_seconds
         if self._one_server is not None:
             batch = await self._one_server.take_due(
                 self._consumer,
@@ -396,6 +423,8 @@ class DeliveryWorker:
         for record, inputs in leased:
             task = asyncio.create_task(self._run_attempt(record, inputs))
             self._active[record.delivery_id] = task
+            self._records[record.delivery_id] = record
+            self._lease_ends[record.delivery_id] = lease_ends
             self._unsent.add(record.delivery_id)
 
         if self._free_slots() <= 0:
@@ -410,10 +439,21 @@ class DeliveryWorker:
         return min(IDLE_WAIT_SECONDS, max(MIN_WAIT_SECONDS, until_due))
 
     def _free_slots(self) -> int:
+        max_unsent = self._concurrency + self._leased_ahead_limit()
         return min(
-            self._max_unsent - len(self._unsent),
+            max_unsent - len(self._unsent),
             self._max_active - len(self._active),
         )
+
+    def _leased_ahead_limit(self) -> int:
+        # The attempts that may wait for a slot: as many as the slots send in
+        # AHEAD_HORIZON_SECONDS at the recent request duration, at least one.
+        maximum = self._max_unsent - self._concurrency
+        if not self._request_seconds:
+            # No request has ended yet: one attempt ahead per slot.
+            return min(maximum, self._concurrency)
+        fitting = int(AHEAD_HORIZON_SECONDS * self._concurrency / self._request_seconds)
+        return max(1, min(maximum, fitting))
 
     def _request_ended(self, delivery_id: str) -> None:
         if delivery_id in self._unsent:
@@ -427,6 +467,15 @@ class DeliveryWorker:
             await self._attempt(record, inputs)
         except asyncio.CancelledError:
             raise
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            # The lease runs out and another attempt follows.
+            logger.warning(
+                "delivery attempt aborted, redis unreachable case=%s attempt=%s "
+                "error=%s",
+                record.case_ref,
+                record.attempts,
+                type(error).__name__,
+            )
         except Exception:
             # The lease runs out and another attempt follows; nothing is lost.
             logger.exception(
@@ -436,6 +485,8 @@ class DeliveryWorker:
             )
         finally:
             self._active.pop(record.delivery_id, None)
+            self._records.pop(record.delivery_id, None)
+            self._lease_ends.pop(record.delivery_id, None)
             self._unsent.discard(record.delivery_id)
             self._wake.set()
 
@@ -477,18 +528,33 @@ class DeliveryWorker:
             return
 
         body = build_payload(case, package, created_at=record.created_at)
-        async with self._request_slots:
+        if self._stopping:
+            await self._give_back([record])
+            return
+        self._waiting_for_slot.add(record.delivery_id)
+        try:
+            await self._request_slots.acquire()
+        finally:
+            self._waiting_for_slot.discard(record.delivery_id)
+        try:
+            if self._stopping:
+                # stop() gives back the attempts that wait for a slot; this
+                # one got its slot just as the worker began to stop.
+                await self._give_back([record])
+                return
             self._in_flight += 1
             try:
                 result = await self._post(municipality, record, body)
             finally:
                 self._in_flight -= 1
+        finally:
+            self._request_slots.release()
         self._request_ended(record.delivery_id)
         if self._in_flight == 0:
             # No request in flight can join the next bookkeeping batch.
             self._delivered.hurry()
         if result.succeeded:
-            await self._delivered.submit(_Delivered(record, case, finished_here=True))
+            await self._finish_accepted(_Delivered(record, case, finished_here=True))
             return
         if result.status == GONE_STATUS:
             await self._queue.disable_endpoint(
@@ -585,8 +651,91 @@ class DeliveryWorker:
         except aiohttp.ClientError as error:
             return AttemptResult(None, None, type(error).__name__)
         finally:
-            metrics.DELIVERY_ATTEMPT_DURATION.observe(time.perf_counter() - started)
+            duration = time.perf_counter() - started
+            metrics.DELIVERY_ATTEMPT_DURATION.observe(duration)
+            self._record_request_time(duration)
         return AttemptResult(status, retry_after, f"http_{status}")
+
+    def _record_request_time(self, seconds: float) -> None:
+        average = self._request_seconds
+        if average is None:
+            self._request_seconds = seconds
+        else:
+            weight = REQUEST_TIME_WEIGHT
+            self._request_seconds = (1 - weight) * average + weight * seconds
+
+    async def _finish_accepted(self, item: _Delivered) -> None:
+        # The bookkeeping of an accepted delivery. While Redis cannot be
+        # reached it is tried again for as long as the lease lasts, so the
+        # delivery is not sent a second time after the lease ends. A retry
+        # after a lost reply finds the tombstone written and publishes no
+        # second event.
+        record = item.record
+        lease_ends = self._lease_ends.get(record.delivery_id, 0.0)
+        pause = BOOKKEEPING_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                await self._delivered.submit(item)
+                return
+            except (RedisConnectionError, RedisTimeoutError) as error:
+                if self._stopping or self._services.clock() + pause >= lease_ends:
+                    raise
+                logger.warning(
+                    "delivery bookkeeping cannot reach redis case=%s attempt=%s "
+                    "error=%s retry_in=%.1f",
+                    record.case_ref,
+                    record.attempts,
+                    type(error).__name__,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, REDIS_BACKOFF_SECONDS)
+
+    async def _give_back_waiting(self) -> None:
+        # Cancel the attempts that wait for a request slot and give their
+        # deliveries back, so another worker sends them without waiting for
+        # the lease to end.
+        waiting = [
+            delivery_id
+            for delivery_id in self._waiting_for_slot
+            if delivery_id in self._active
+        ]
+        if not waiting:
+            return
+        records = [self._records[delivery_id] for delivery_id in waiting]
+        tasks = [self._active[delivery_id] for delivery_id in waiting]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            async with asyncio.timeout(STOP_GRACE_SECONDS):
+                await self._give_back(records)
+        except (TimeoutError, RedisConnectionError, RedisTimeoutError) as error:
+            # Their leases run out instead, and other workers send them then.
+            logger.warning(
+                "delivery worker could not give back %s deliveries error=%s",
+                len(records),
+                type(error).__name__,
+            )
+
+    async def _give_back(self, records: list[DeliveryRecord]) -> None:
+        # End the leases of attempts that sent nothing, without counting the
+        # attempt, and schedule each delivery now.
+        now = self._services.clock()
+
+        async def give_back(record: DeliveryRecord) -> None:
+            released = await self._queue.release(
+                record, self._consumer, next_at=now, attempts=record.attempts - 1
+            )
+            if released:
+                await self._queue.schedule(record.delivery_id, now)
+
+        await asyncio.gather(*(give_back(record) for record in records))
+        logger.info(
+            "delivery worker gave back %s unsent deliveries consumer=%s",
+            len(records),
+            self._consumer,
+        )
 
     async def _close_delivered(self, batch: list[_Delivered]) -> list[Exception | None]:
         if self._one_server is None:

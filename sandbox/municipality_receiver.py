@@ -94,6 +94,9 @@ class MunicipalityReceiver:
     suite: SuiteName = SuiteName.X25519
     slow_seconds: float = 0.0
     """Delay before every response, to provoke the sender's timeout."""
+    gate: asyncio.Event | None = None
+    """When given, every request waits until this event is set, so a test
+    decides when the sender's requests end."""
     fail_ratio: float = 0.0
     """Share of requests rejected with 500 without processing, drawn from ``rng``."""
     rng: random.Random = field(default_factory=lambda: random.Random(0))
@@ -178,6 +181,8 @@ class MunicipalityReceiver:
             await self._note(lambda: self._count_attempt(webhook_id, overlapping))
             if self.slow_seconds:
                 await asyncio.sleep(self.slow_seconds)
+            if self.gate is not None:
+                await self.gate.wait()
             response = await self._answer(body, headers)
         finally:
             if not overlapping:

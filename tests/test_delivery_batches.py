@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -36,7 +37,7 @@ from pairing_service.packages import StoredPackage
 from pairing_service.services import SERVICES, Services
 from pairing_service.webhook import build_payload
 from sandbox.municipality_receiver import MunicipalityReceiver
-from sandbox.redis_server import RedisServer, free_port
+from sandbox.redis_server import RedisServer, free_port, start_redis_server
 from tests.test_delivery_scale import case_waiting_for_consent
 from tests.test_pairing_service import (
     MUNICIPALITY,
@@ -383,3 +384,165 @@ async def test_finish_cases_rereads_changed_case(redis: Redis) -> None:
         stored = await store.get(case.case_id)
         assert stored.tombstone
         assert not await redis.exists(keys.chat(700 + index))
+
+
+# --- stopping, outages and slow receivers -----------------------------------
+
+
+async def raw_records(redis: Redis, case_ids: list[str]) -> dict[str, dict[str, str]]:
+    """Return the delivery record hash of each case, by delivery id."""
+    records = {}
+    for case_id in case_ids:
+        case = await CaseStore(redis).get(case_id)
+        assert case.delivery_id is not None
+        records[case.delivery_id] = await redis.hgetall(keys.delivery(case.delivery_id))
+    return records
+
+
+async def test_stop_gives_back_unsent_deliveries(
+    redis: Redis, key_pair: KeyPair, receiver: tuple[str, MunicipalityReceiver]
+) -> None:
+    url, municipality = receiver
+    municipality.gate = asyncio.Event()
+    events = EventStream(redis)
+    await events.ensure_group()
+    async with running_service(
+        redis, make_registry(key_pair, url), start_worker=False
+    ) as service:
+        app = service.client.app
+        assert app is not None
+        services = app[SERVICES]
+        case_ids = await queue_deliveries(services, BATCH)
+        worker = DeliveryWorker(
+            services, schedule=SHORT_SCHEDULE, timeout_seconds=2.0, concurrency=2
+        )
+        await worker.start()
+        # Two requests wait in the receiver, and the worker leased two more
+        # attempts, which wait for a request slot.
+        await municipality.wait_for_attempts(2)
+        stopping = asyncio.create_task(worker.stop())
+        municipality.gate.set()
+        await stopping
+        sent_by_first = list(municipality.attempts)
+        records = await raw_records(redis, case_ids)
+
+        # A second worker sends the rest at once: no lease has to run out.
+        second = DeliveryWorker(
+            services, schedule=SHORT_SCHEDULE, timeout_seconds=2.0, concurrency=2
+        )
+        await second.start()
+        try:
+            await read_events_until(events, {EventType.DELIVERED: BATCH})
+        finally:
+            await second.stop()
+
+    given_back = [
+        record for record in records.values() if record["status"] != DELIVERED
+    ]
+    assert len(sent_by_first) == 2
+    assert len(given_back) == BATCH - 2
+    assert all("lease_owner" not in record for record in given_back)
+    assert all(record["attempts"] == "0" for record in given_back)
+    assert len(municipality.deliveries) == BATCH
+    assert municipality.duplicates == 0
+    assert sorted(municipality.attempts) == sorted(
+        delivery.webhook_id for delivery in municipality.deliveries
+    )
+
+
+class WarningSeen(logging.Handler):
+    """Sets an event once a WARNING line containing ``text`` is logged."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.WARNING)
+        self.text = text
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
+async def test_bookkeeping_outlasts_redis_restart(
+    key_pair: KeyPair, receiver: tuple[str, MunicipalityReceiver]
+) -> None:
+    url, municipality = receiver
+    municipality.gate = asyncio.Event()
+    server = start_redis_server(
+        append_only=True, extra_args=["--appendfsync", "always"]
+    )
+    redis = Redis.from_url(server.url, decode_responses=True)
+    watcher = WarningSeen("delivery bookkeeping cannot reach redis")
+    logging.getLogger("pairing_service.delivery").addHandler(watcher)
+    try:
+        events = EventStream(redis)
+        await events.ensure_group()
+        async with running_service(
+            redis, make_registry(key_pair, url), start_worker=False
+        ) as service:
+            app = service.client.app
+            assert app is not None
+            services = app[SERVICES]
+            case_ids = await queue_deliveries(services, 2)
+            worker = DeliveryWorker(
+                services, schedule=SHORT_SCHEDULE, timeout_seconds=5.0, concurrency=2
+            )
+            await worker.start()
+            try:
+                await municipality.wait_for_attempts(2)
+                # Redis goes down while both requests are in flight, so
+                # their bookkeeping fails after the receiver accepted them.
+                server.stop()
+                municipality.gate.set()
+                async with asyncio.timeout(10):
+                    await watcher.seen.wait()
+                server.restart()
+                seen = await read_events_until(events, {EventType.DELIVERED: 2})
+            finally:
+                await worker.stop()
+            cases = [await service.store.get(case_id) for case_id in case_ids]
+    finally:
+        logging.getLogger("pairing_service.delivery").removeHandler(watcher)
+        await redis.aclose()
+        server.remove()
+
+    assert {case_id for _kind, case_id in seen} == set(case_ids)
+    assert all(case.step is Step.DELIVERED for case in cases)
+    assert len(municipality.attempts) == 2
+    assert municipality.duplicates == 0
+
+
+async def test_slow_receiver_limits_lease_ahead(
+    redis: Redis, key_pair: KeyPair, receiver: tuple[str, MunicipalityReceiver]
+) -> None:
+    url, municipality = receiver
+    # Requests of half a second: the worker leases one attempt ahead, not
+    # three per slot, and leaves the rest to other workers.
+    municipality.slow_seconds = 0.5
+    async with running_service(
+        redis, make_registry(key_pair, url), start_worker=False
+    ) as service:
+        app = service.client.app
+        assert app is not None
+        services = app[SERVICES]
+        case_ids = await queue_deliveries(services, 12)
+        worker = DeliveryWorker(
+            services, schedule=SHORT_SCHEDULE, timeout_seconds=5.0, concurrency=2
+        )
+        await worker.start()
+        try:
+            # The second round of requests starts after the first two ended.
+            await municipality.wait_for_attempts(4)
+            records = await raw_records(redis, case_ids)
+            # Read after the records, so a request that started in between
+            # counts as sent.
+            sent = set(municipality.attempts)
+        finally:
+            await worker.stop()
+
+    leased_unsent = [
+        delivery_id
+        for delivery_id, record in records.items()
+        if "lease_owner" in record and delivery_id not in sent
+    ]
+    assert len(leased_unsent) <= 1
