@@ -24,6 +24,7 @@ import segno
 from aiohttp import web
 
 from journey import keys
+from journey.model import Case
 from journey.steps import Step
 from pairing_service.page_secrets import is_page_id, open_code, page_lookup_id
 from pairing_service.pairing import app_link
@@ -49,6 +50,12 @@ FINAL_STATUSES = frozenset(
     ("delivered", "delivery_failed", "expired", "replaced", "closed")
 )
 """Statuses after which a page never changes again."""
+
+# KEYS[1] the case hash, KEYS[2] the case's pairing hash. Both carry the case
+# id as hash tag, so the script runs on Redis Cluster too.
+_READ_CASE_AND_PAIRING = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+"""
 
 _STATUS_BY_STEP: dict[Step, str] = {
     Step.FETCHING: "paired",
@@ -82,27 +89,44 @@ async def resolve_page(
     services: Services, page_id: str
 ) -> tuple[str, PageState] | None:
     """Return the case id and the state of a QR page, or None when it is unknown."""
-    if not is_page_id(page_id):
-        return None
-    lookup = page_lookup_id(page_id)
-    case_id = await services.redis.get(keys.pairing_page(lookup))
+    case_id = await page_case_id(services, page_id)
     if case_id is None:
         return None
-    return case_id, await _state_of(services, page_id, lookup, case_id)
+    return case_id, await read_page_state(services, page_id, case_id)
 
 
-async def _state_of(
-    services: Services, page_id: str, lookup: str, case_id: str
-) -> PageState:
-    case = await services.store.find(case_id)
-    if case is None or case.tombstone:
+async def page_case_id(services: Services, page_id: str) -> str | None:
+    """Return the id of the case behind a QR page, or None when it is unknown."""
+    if not is_page_id(page_id):
+        return None
+    case_id: str | None = await services.redis.get(
+        keys.pairing_page(page_lookup_id(page_id))
+    )
+    return case_id
+
+
+async def read_page_state(services: Services, page_id: str, case_id: str) -> PageState:
+    """Read the state of the QR page ``page_id`` of the case ``case_id``.
+
+    The case and its pairing are read in one script, because the claim
+    changes both at once. Two separate reads could see the case still in
+    ``qr`` next to a pairing that is already claimed.
+    """
+    case_fields, pairing_fields = await services.run_script(
+        _READ_CASE_AND_PAIRING, [keys.case(case_id), keys.pairing(case_id)], []
+    )
+    lookup = page_lookup_id(page_id)
+    if not case_fields:
+        return PageState("closed")
+    case = Case.from_hash(case_id, _fields_to_dict(case_fields))
+    if case.tombstone:
         return PageState("closed")
     if case.pairing_page_id != lookup:
         return PageState("replaced")
     if case.step is not Step.QR:
         return PageState(_STATUS_BY_STEP.get(case.step, "closed"))
 
-    pairing: dict[str, str] = await services.redis.hgetall(keys.pairing(case_id))  # type: ignore[misc]
+    pairing = _fields_to_dict(pairing_fields)
     if pairing.get("page") != lookup or pairing.get("status") != "waiting":
         return PageState("expired")
     remaining = float(pairing.get("expires_at", "0")) - services.clock()
@@ -115,6 +139,11 @@ async def _state_of(
         confirmation_code=pairing.get("confirmation_code", ""),
         typed_code=open_code(page_id, pairing.get("sealed_typed_code", "")) or "",
     )
+
+
+def _fields_to_dict(flat: list[str]) -> dict[str, str]:
+    # HGETALL inside a script returns a flat list of field/value pairs.
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 async def show_page(request: web.Request) -> web.Response:

@@ -31,7 +31,8 @@ from pairing_service.claims import MAX_CLAIM_FAILURES_PER_CASE
 from pairing_service.config import ConfigError, Settings
 from pairing_service.qr_page import QR_ERROR_LEVEL
 from sandbox.app_simulator import AppApiError, OcktoAppSimulator, synthetic_package
-from sandbox.redis_server import free_port
+from sandbox.redis_server import RedisServer, free_port
+from tests.redis_proxy import redis_proxy
 
 SERVICE_TOKEN = "test-service-token-" + "x" * 24
 PUBLIC_BASE_URL = "https://koppel.gezondverzekerd.test"
@@ -874,6 +875,36 @@ async def test_qr_page_status_follows_claim(service: Harness) -> None:
     assert 0 < before["expires_in"] <= keys.PAIRING_TTL_SECONDS
     assert after["status"] == "paired"
     assert "<svg" not in page
+
+
+async def test_qr_page_status_during_claim(
+    service: Harness, redis_server: RedisServer, key_pair: KeyPair
+) -> None:
+    case_id = await service.case_in_app_step()
+    pairing = await service.create_pairing(case_id)
+    status_url = f"/koppel/{pairing['page_id']}/status"
+    async with redis_proxy(redis_server.port) as proxy:
+        proxied = Redis.from_url(proxy.url, decode_responses=True)
+        try:
+            async with running_service(proxied, make_registry(key_pair)) as pages:
+                # The first read loads the page's script, so the reply held
+                # below is the script's result and not a NOSCRIPT error.
+                first = await (await pages.client.get(status_url)).json()
+                # The claim runs after Redis has run the page's first command
+                # on the case's keys and before the page sends another one.
+                hold = proxy.hold_reply(keys.case(case_id))
+                reading = asyncio.create_task(pages.client.get(status_url))
+                async with asyncio.timeout(10):
+                    await hold.arrived.wait()
+                await service.simulator().claim(pairing["app_link"])
+                hold.release()
+                during = await (await reading).json()
+                after = await (await pages.client.get(status_url)).json()
+        finally:
+            await proxied.aclose()
+    assert first["status"] == "waiting"
+    assert during["status"] == "waiting"
+    assert after["status"] == "paired"
 
 
 async def test_old_qr_page_gone_after_renewal(service: Harness) -> None:

@@ -15,6 +15,7 @@ from redis.asyncio import Redis, RedisCluster
 
 from bot.i18n import translate
 from journey import keys
+from journey.package import KeyPair
 from journey.redis_client import connect, is_cluster_url
 from journey.steps import Step
 from journey.store import CaseStore
@@ -25,6 +26,7 @@ from sandbox.scripted_client import ScriptedClient
 from sandbox.stack import SandboxStack, running_stack
 from sandbox.telegram_emulator import EmulatorClient, RateLimits
 from tests.test_bot_conversation import FAST_SEND_LIMITS
+from tests.test_pairing_service import make_registry, running_service
 
 USER_ID = 727272
 
@@ -77,6 +79,28 @@ async def test_cluster_has_three_primaries(cluster: ClusterProcesses) -> None:
         assert int(info["cluster_slots_assigned"]) == 16384
     finally:
         await client.aclose()
+
+
+async def test_qr_page_status_on_cluster(
+    cluster: ClusterProcesses, key_pair: KeyPair
+) -> None:
+    client = connect(cluster.url)
+    try:
+        async with running_service(client, make_registry(key_pair)) as service:
+            case_id = await service.case_in_app_step()
+            pairing = await service.create_pairing(case_id)
+            status_url = f"/koppel/{pairing['page_id']}/status"
+            before = await service.client.get(status_url)
+            before_body = await before.json()
+            await service.simulator().claim(pairing["app_link"])
+            after = await service.client.get(status_url)
+            after_body = await after.json()
+    finally:
+        await client.aclose()
+    assert before.status == 200, before_body
+    assert before_body["status"] == "waiting"
+    assert after.status == 200, after_body
+    assert after_body["status"] == "paired"
 
 
 @pytest.mark.parametrize("partner", [False, True], ids=["alone", "with_partner"])
