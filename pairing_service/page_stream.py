@@ -23,7 +23,13 @@ from redis.exceptions import RedisError
 
 from journey import keys
 from pairing_service.errors import ApiError
-from pairing_service.qr_page import FINAL_STATUSES, PageState, resolve_page
+from pairing_service.qr_page import (
+    FINAL_STATUSES,
+    PageState,
+    page_case_id,
+    read_page_state,
+    resolve_page,
+)
 from pairing_service.services import SERVICES, Services, services_of
 
 logger = logging.getLogger(__name__)
@@ -170,8 +176,8 @@ async def stream_status(request: web.Request) -> web.StreamResponse:
     services = services_of(request)
     notifier = request.app[NOTIFIER]
     page_id = request.match_info["page_id"]
-    resolved = await resolve_page(services, page_id)
-    if resolved is None:
+    case_id = await page_case_id(services, page_id)
+    if case_id is None:
         raise ApiError(404, "page_not_found", "no QR page with this id exists")
     if notifier.open_streams >= MAX_OPEN_STREAMS:
         raise ApiError(
@@ -180,63 +186,65 @@ async def stream_status(request: web.Request) -> web.StreamResponse:
             "too many open status streams; poll the status endpoint instead",
             headers={"Retry-After": str(int(RECHECK_SECONDS))},
         )
-    case_id, state = resolved
 
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    await response.prepare(request)
-    try:
-        await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
-        await _send(response, state)
-        await _follow(services, notifier, response, page_id, case_id, state)
-    except ConnectionResetError:
-        # The browser closed the page; nothing is left to send.
-        pass
-    except RedisError as error:
-        # The headers are sent, so no JSON error can follow. The browser
-        # reconnects after RECONNECT_MS and gets a 503 if Redis is still down.
-        logger.warning("page stream ended error=%s", type(error).__name__)
+    # The stream subscribes before its first read, so an event that the
+    # reader sees during that read wakes it, and it reads the status again.
+    with notifier.subscribe(case_id) as waiter:
+        state = await read_page_state(services, page_id, case_id)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        try:
+            await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
+            await _send(response, state)
+            await _follow(services, notifier, waiter, response, page_id, state)
+        except ConnectionResetError:
+            # The browser closed the page; nothing is left to send.
+            pass
+        except RedisError as error:
+            # The headers are sent, so no JSON error can follow. The browser
+            # reconnects after RECONNECT_MS and gets a 503 if Redis is still down.
+            logger.warning("page stream ended error=%s", type(error).__name__)
     return response
 
 
 async def _follow(
     services: Services,
     notifier: PageNotifier,
+    waiter: asyncio.Event,
     response: web.StreamResponse,
     page_id: str,
-    case_id: str,
     state: PageState,
 ) -> None:
     loop = asyncio.get_running_loop()
     ends_at = loop.time() + MAX_STREAM_SECONDS
     last_write = loop.time()
-    with notifier.subscribe(case_id) as waiter:
-        while state.status not in FINAL_STATUSES and not notifier.stopping:
-            now = loop.time()
-            if now >= ends_at:
-                break
-            wait = min(RECHECK_SECONDS, KEEPALIVE_SECONDS, ends_at - now)
-            if state.status == "waiting":
-                wait = min(wait, state.expires_in + 1)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter.wait(), timeout=wait)
-            waiter.clear()
-            if notifier.stopping:
-                break
+    while state.status not in FINAL_STATUSES and not notifier.stopping:
+        now = loop.time()
+        if now >= ends_at:
+            break
+        wait = min(RECHECK_SECONDS, KEEPALIVE_SECONDS, ends_at - now)
+        if state.status == "waiting":
+            wait = min(wait, state.expires_in + 1)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiter.wait(), timeout=wait)
+        waiter.clear()
+        if notifier.stopping:
+            break
 
-            fresh = await resolve_page(services, page_id)
-            new_state = fresh[1] if fresh is not None else PageState("closed")
-            if new_state.status != state.status:
-                await _send(response, new_state)
-                last_write = loop.time()
-            elif loop.time() - last_write >= KEEPALIVE_SECONDS:
-                await response.write(b": keep-alive\n\n")
-                last_write = loop.time()
-            state = new_state
+        fresh = await resolve_page(services, page_id)
+        new_state = fresh[1] if fresh is not None else PageState("closed")
+        if new_state.status != state.status:
+            await _send(response, new_state)
+            last_write = loop.time()
+        elif loop.time() - last_write >= KEEPALIVE_SECONDS:
+            await response.write(b": keep-alive\n\n")
+            last_write = loop.time()
+        state = new_state
 
 
 async def _send(response: web.StreamResponse, state: PageState) -> None:

@@ -1,9 +1,11 @@
-"""A TCP proxy on loopback in front of a test's redis-server, which can hold a reply.
+"""A TCP proxy on loopback in front of a test's redis-server, which can hold
+back a command or a reply.
 
-A test points one service at the proxy and holds the reply to the next command
-that names a given key. Redis has then run that command, but the service has
-not read its result. The test changes Redis through a client of its own and
-releases the reply, so its write lands at a chosen point between two commands
+A test points one service at the proxy and holds back the reply to the next
+command that names a given key. Redis has then run that command, but the
+service has not read its result. Or it holds back a command, which Redis then
+runs only when the test lets it go. The test changes Redis through a client of
+its own in the meantime, so its write lands at a chosen point between commands
 of the service, with no timing luck involved.
 """
 
@@ -22,17 +24,18 @@ MARKER_OVERLAP_BYTES = 256
 read splits in two still matches. Markers must be shorter than this."""
 
 
-class HeldReply:
-    """The reply to one command that names a marker, held back by the proxy."""
+class Hold:
+    """One command that names a marker, or its reply, held back by the proxy."""
 
     def __init__(self, marker: bytes) -> None:
         self.marker = marker
         self.arrived = asyncio.Event()
-        """Set once Redis has replied and the proxy keeps the reply back."""
+        """Set once the command or its reply has reached the proxy, which
+        keeps it back."""
         self._released = asyncio.Event()
 
     def release(self) -> None:
-        """Send the held reply on to the service."""
+        """Send the held command on to Redis, or the held reply to the service."""
         self._released.set()
 
     async def wait_released(self) -> None:
@@ -46,10 +49,11 @@ class RedisProxy:
     def __init__(self, upstream_port: int) -> None:
         self._upstream_port = upstream_port
         self._server: asyncio.Server | None = None
-        self._armed: HeldReply | None = None
-        self._holds: list[HeldReply] = []
+        self._armed_reply: Hold | None = None
+        self._armed_command: Hold | None = None
+        self._holds: list[Hold] = []
         self._sent = bytearray()
-        """Every byte that clients sent through the proxy, for ``wait_for_sent``."""
+        """Every byte passed on to Redis, for ``wait_for_sent``."""
         self._sent_grew = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: list[asyncio.StreamWriter] = []
@@ -66,7 +70,7 @@ class RedisProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
 
     async def close(self) -> None:
-        """Release every held reply, stop listening and close every connection."""
+        """Release every hold, stop listening and close every connection."""
         for hold in self._holds:
             hold.release()
         if self._server is not None:
@@ -81,17 +85,27 @@ class RedisProxy:
         if self._server is not None:
             await self._server.wait_closed()
 
-    def hold_reply(self, marker: str) -> HeldReply:
-        """Hold the reply to the next command whose bytes contain ``marker``."""
+    def hold_reply(self, marker: str) -> Hold:
+        """Hold back the reply to the next command whose bytes contain ``marker``."""
+        hold = self._new_hold(marker)
+        self._armed_reply = hold
+        return hold
+
+    def hold_command(self, marker: str) -> Hold:
+        """Hold back the next command whose bytes contain ``marker``."""
+        hold = self._new_hold(marker)
+        self._armed_command = hold
+        return hold
+
+    def _new_hold(self, marker: str) -> Hold:
         encoded = marker.encode()
         assert len(encoded) < MARKER_OVERLAP_BYTES
-        hold = HeldReply(encoded)
-        self._armed = hold
+        hold = Hold(encoded)
         self._holds.append(hold)
         return hold
 
     async def wait_for_sent(self, marker: str) -> None:
-        """Wait until a client has sent ``marker`` through the proxy."""
+        """Wait until the proxy has passed ``marker`` on to Redis."""
         encoded = marker.encode()
         while encoded not in self._sent:
             self._sent_grew.clear()
@@ -107,7 +121,7 @@ class RedisProxy:
         # The holds that the next replies on this connection wait for. A Redis
         # client sends its next command only after reading the last reply, so
         # the next reply belongs to the command that armed the hold.
-        pending: list[HeldReply] = []
+        pending: list[Hold] = []
         to_server = self._spawn(
             self._forward_commands(client_reader, upstream_writer, pending)
         )
@@ -128,27 +142,37 @@ class RedisProxy:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        pending: list[HeldReply],
+        pending: list[Hold],
     ) -> None:
         overlap = b""
         while data := await reader.read(READ_BYTES):
             window = overlap + data
+            overlap_before = overlap
+            overlap = window[-MARKER_OVERLAP_BYTES:]
+            command = self._armed_command
+            if command is not None and _ends_in_new_bytes(
+                window, command.marker, overlap_before
+            ):
+                self._armed_command = None
+                command.arrived.set()
+                await command.wait_released()
+            reply = self._armed_reply
+            if reply is not None and _ends_in_new_bytes(
+                window, reply.marker, overlap_before
+            ):
+                self._armed_reply = None
+                # Set before the command goes out, so its reply cannot pass.
+                pending.append(reply)
+            writer.write(data)
             self._sent += data
             self._sent_grew.set()
-            armed = self._armed
-            if armed is not None and _ends_in_new_bytes(window, armed.marker, overlap):
-                self._armed = None
-                # Set before the command goes out, so its reply cannot pass.
-                pending.append(armed)
-            overlap = window[-MARKER_OVERLAP_BYTES:]
-            writer.write(data)
             await writer.drain()
 
     async def _forward_replies(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        pending: list[HeldReply],
+        pending: list[Hold],
     ) -> None:
         while data := await reader.read(READ_BYTES):
             if pending:
