@@ -251,6 +251,23 @@ class DeliveryQueue:
             for entry_id, fields in entries
         ]
 
+    async def read_own_pending(self, consumer: str) -> list[tuple[str, str]]:
+        """Return the intake entries that ``consumer`` read and did not schedule.
+
+        A worker that stops between reading the intake and scheduling, or
+        while Redis returns its blocking read, leaves such entries. Scheduling
+        them at stop spares them the wait for ``INTAKE_CLAIM_IDLE_MS``.
+        """
+        response = await self._redis.xreadgroup(
+            DELIVERY_GROUP, consumer, {keys.deliveries(): "0"}, count=100
+        )
+        return [
+            (str(entry_id), str(fields.get("delivery_id", "")))
+            for _stream, stream_entries in response or []
+            for entry_id, fields in stream_entries
+            if fields
+        ]
+
     async def schedule_entries(self, entries: Sequence[tuple[str, str]]) -> None:
         """Schedule the first attempt of each intake entry, then acknowledge it.
 

@@ -97,9 +97,9 @@ more leaves room for a slow Redis."""
 
 AHEAD_HORIZON_SECONDS = 0.25
 """How far ahead, in time of requests, the worker leases. With requests that
-take 4 ms the full ``LEASED_AHEAD_PER_REQUEST`` applies. With requests of
-several seconds it leases one attempt ahead, so a slow receiver does not let
-one worker hold deliveries that another, idle worker could send."""
+take 4 ms the full ``LEASED_AHEAD_PER_REQUEST`` applies. With requests of a
+quarter of a second or more per slot it leases none ahead, so a slow receiver
+does not let one worker hold deliveries that another, idle worker could send."""
 
 REQUEST_TIME_WEIGHT = 0.2
 """Weight of the latest request in the moving average of request durations."""
@@ -126,10 +126,10 @@ Redis, per request slot. Beyond this a slow Redis stops new leases instead of
 piling up finished attempts."""
 
 STOP_GRACE_SECONDS = 5.0
-"""Time given to requests in flight and their bookkeeping when the worker
-stops. An attempt cut off after it keeps its lease and is retried by another
-worker once the lease ends. Attempts that have not sent their request give
-their deliveries back at once instead (see ``stop``)."""
+"""Time that ``stop`` gives, in all, to scheduling the intake entries this
+worker read, to giving back unsent deliveries and to the requests in flight
+with their bookkeeping. An attempt cut off after it keeps its lease and is
+retried by another worker once the lease ends."""
 
 BOOKKEEPING_RETRY_FIRST_SECONDS = 0.2
 """First pause before the bookkeeping of an accepted delivery is tried again
@@ -313,10 +313,20 @@ class DeliveryWorker:
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
 
-        await self._give_back_waiting()
+        # Every step below shares one grace period, so the worker stops
+        # within STOP_GRACE_SECONDS even when Redis hangs.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_GRACE_SECONDS
+
+        def remaining() -> float:
+            return max(0.0, deadline - loop.time())
+
+        await self._schedule_own_intake(remaining())
+        await self._give_back_waiting(remaining())
         attempts = list(self._active.values())
         if attempts:
-            _done, pending = await asyncio.wait(attempts, timeout=STOP_GRACE_SECONDS)
+            _done, pending = await asyncio.wait(attempts, timeout=remaining())
+            self._log_cut_off(pending)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -324,7 +334,7 @@ class DeliveryWorker:
         for coalescer in (self._inputs, self._delivered):
             coalescer.hurry()
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(STOP_GRACE_SECONDS):
+                async with asyncio.timeout(remaining()):
                     await coalescer.drain()
 
         if self._http is not None:
@@ -447,13 +457,14 @@ class DeliveryWorker:
 
     def _leased_ahead_limit(self) -> int:
         # The attempts that may wait for a slot: as many as the slots send in
-        # AHEAD_HORIZON_SECONDS at the recent request duration, at least one.
+        # AHEAD_HORIZON_SECONDS at the recent request duration.
         maximum = self._max_unsent - self._concurrency
         if not self._request_seconds:
-            # No request has ended yet: one attempt ahead per slot.
-            return min(maximum, self._concurrency)
+            # No request has ended yet, so a newly started worker leases only
+            # for its free slots and leaves the rest to running workers.
+            return 0
         fitting = int(AHEAD_HORIZON_SECONDS * self._concurrency / self._request_seconds)
-        return max(1, min(maximum, fitting))
+        return min(maximum, fitting)
 
     def _request_ended(self, delivery_id: str) -> None:
         if delivery_id in self._unsent:
@@ -678,7 +689,8 @@ class DeliveryWorker:
                 await self._delivered.submit(item)
                 return
             except (RedisConnectionError, RedisTimeoutError) as error:
-                if self._stopping or self._services.clock() + pause >= lease_ends:
+                # A stopping worker goes on trying within its grace period.
+                if self._services.clock() + pause >= lease_ends:
                     raise
                 logger.warning(
                     "delivery bookkeeping cannot reach redis case=%s attempt=%s "
@@ -691,7 +703,45 @@ class DeliveryWorker:
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, REDIS_BACKOFF_SECONDS)
 
-    async def _give_back_waiting(self) -> None:
+    async def _schedule_own_intake(self, grace_seconds: float) -> None:
+        # The intake loop may have stopped between reading entries and
+        # scheduling them. Schedule them now, so no other worker has to wait
+        # to take them over.
+        try:
+            async with asyncio.timeout(grace_seconds):
+                entries = await self._queue.read_own_pending(self._consumer)
+                if self._one_server is not None:
+                    await self._one_server.schedule_new(entries)
+                else:
+                    await self._queue.schedule_entries(entries)
+        except (TimeoutError, RedisConnectionError, RedisTimeoutError) as error:
+            logger.warning(
+                "delivery worker could not schedule its intake entries error=%s",
+                type(error).__name__,
+            )
+        except ResponseError as error:
+            # The intake stream or its group is gone, so no entry is left.
+            if "NOGROUP" not in str(error):
+                raise
+
+    def _log_cut_off(self, pending: set[asyncio.Task[None]]) -> None:
+        # One WARNING for the attempts that the grace period cuts off. Their
+        # leases run out and other workers send them again, so their clients
+        # get the confirmation a lease later.
+        if not pending:
+            return
+        cut_off = [
+            self._records[delivery_id].case_ref
+            for delivery_id, task in self._active.items()
+            if task in pending and delivery_id in self._records
+        ]
+        logger.warning(
+            "delivery worker stopped before %s attempts ended cases=%s",
+            len(cut_off),
+            ",".join(cut_off),
+        )
+
+    async def _give_back_waiting(self, grace_seconds: float) -> None:
         # Cancel the attempts that wait for a request slot and give their
         # deliveries back, so another worker sends them without waiting for
         # the lease to end.
@@ -708,7 +758,7 @@ class DeliveryWorker:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         try:
-            async with asyncio.timeout(STOP_GRACE_SECONDS):
+            async with asyncio.timeout(grace_seconds):
                 await self._give_back(records)
         except (TimeoutError, RedisConnectionError, RedisTimeoutError) as error:
             # Their leases run out instead, and other workers send them then.
@@ -807,9 +857,10 @@ class DeliveryWorker:
             for index, tombstone in zip(sent_here, tombstones, strict=True):
                 if isinstance(tombstone, TransitionRejected):
                     # Another worker, whose lease had run out, finished the
-                    # case first and published the event.
+                    # case first and published the event, or a resent
+                    # pipeline of this worker did.
                     logger.info(
-                        "delivery finished by another worker case=%s",
+                        "delivery already finished case=%s",
                         batch[index].record.case_ref,
                     )
                 elif isinstance(tombstone, Exception):

@@ -31,7 +31,12 @@ from journey.package import KeyPair
 from journey.steps import Event, Step, TransitionRejected
 from journey.store import CaseStore
 from pairing_service.consent import record_consent
-from pairing_service.deliveries import DELIVERED, FAILED, DeliveryQueue
+from pairing_service.deliveries import (
+    DELIVERED,
+    FAILED,
+    INTAKE_CLAIM_IDLE_MS,
+    DeliveryQueue,
+)
 from pairing_service.delivery import LEASE_SECONDS, DeliveryWorker
 from pairing_service.packages import StoredPackage
 from pairing_service.services import SERVICES, Services
@@ -400,10 +405,13 @@ async def raw_records(redis: Redis, case_ids: list[str]) -> dict[str, dict[str, 
 
 
 async def test_stop_gives_back_unsent_deliveries(
-    redis: Redis, key_pair: KeyPair, receiver: tuple[str, MunicipalityReceiver]
+    redis: Redis,
+    key_pair: KeyPair,
+    receiver: tuple[str, MunicipalityReceiver],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="pairing_service.delivery")
     url, municipality = receiver
-    municipality.gate = asyncio.Event()
     events = EventStream(redis)
     await events.ensure_group()
     async with running_service(
@@ -412,18 +420,23 @@ async def test_stop_gives_back_unsent_deliveries(
         app = service.client.app
         assert app is not None
         services = app[SERVICES]
-        case_ids = await queue_deliveries(services, BATCH)
         worker = DeliveryWorker(
             services, schedule=SHORT_SCHEDULE, timeout_seconds=2.0, concurrency=2
         )
         await worker.start()
-        # Two requests wait in the receiver, and the worker leased two more
-        # attempts, which wait for a request slot.
-        await municipality.wait_for_attempts(2)
+        # Two fast deliveries first: the worker sees short requests and
+        # leases ahead from then on.
+        await queue_deliveries(services, 2)
+        await read_events_until(events, {EventType.DELIVERED: 2})
+        municipality.gate = asyncio.Event()
+        case_ids = await queue_deliveries(services, BATCH)
+        # Two requests wait in the receiver, and the worker leased the other
+        # attempts ahead, which wait for a request slot.
+        await municipality.wait_for_attempts(2 + 2)
         stopping = asyncio.create_task(worker.stop())
         municipality.gate.set()
         await stopping
-        sent_by_first = list(municipality.attempts)
+        sent_by_first = list(municipality.attempts[2:])
         records = await raw_records(redis, case_ids)
 
         # A second worker sends the rest at once: no lease has to run out.
@@ -432,9 +445,17 @@ async def test_stop_gives_back_unsent_deliveries(
         )
         await second.start()
         try:
-            await read_events_until(events, {EventType.DELIVERED: BATCH})
+            # Well before another worker could take over intake entries that
+            # the first one read and left (INTAKE_CLAIM_IDLE_MS).
+            async with asyncio.timeout(INTAKE_CLAIM_IDLE_MS / 1000 / 3):
+                await read_events_until(events, {EventType.DELIVERED: BATCH})
         finally:
             await second.stop()
+        stop_lines = [
+            record.getMessage()
+            for record in caplog.records
+            if "gave back" in record.getMessage()
+        ]
 
     given_back = [
         record for record in records.values() if record["status"] != DELIVERED
@@ -443,10 +464,19 @@ async def test_stop_gives_back_unsent_deliveries(
     assert len(given_back) == BATCH - 2
     assert all("lease_owner" not in record for record in given_back)
     assert all(record["attempts"] == "0" for record in given_back)
-    assert len(municipality.deliveries) == BATCH
+    assert len(municipality.deliveries) == 2 + BATCH
     assert municipality.duplicates == 0
     assert sorted(municipality.attempts) == sorted(
         delivery.webhook_id for delivery in municipality.deliveries
+    )
+    # Attempts give back their deliveries together, or one by one when their
+    # slot freed up as the worker began to stop. The deliveries not leased
+    # yet when it stopped were never taken.
+    assert stop_lines
+    assert all(
+        line.startswith("delivery worker gave back ")
+        and line.endswith(f" unsent deliveries consumer={worker.consumer}")
+        for line in stop_lines
     )
 
 
@@ -516,8 +546,8 @@ async def test_slow_receiver_limits_lease_ahead(
     redis: Redis, key_pair: KeyPair, receiver: tuple[str, MunicipalityReceiver]
 ) -> None:
     url, municipality = receiver
-    # Requests of half a second: the worker leases one attempt ahead, not
-    # three per slot, and leaves the rest to other workers.
+    # Requests of half a second: the worker leases for its free slots only,
+    # not three ahead per slot, and leaves the rest to other workers.
     municipality.slow_seconds = 0.5
     async with running_service(
         redis, make_registry(key_pair, url), start_worker=False
@@ -545,4 +575,5 @@ async def test_slow_receiver_limits_lease_ahead(
         for delivery_id, record in records.items()
         if "lease_owner" in record and delivery_id not in sent
     ]
+    # At most one was leased for a slot that had just freed up.
     assert len(leased_unsent) <= 1
