@@ -242,6 +242,8 @@ class DeliveryWorker:
         """The attempts whose request waits for a free slot."""
         self._request_seconds: float | None = None
         """Moving average of the duration of this worker's requests."""
+        self._stop_deadline = 0.0
+        """When ``stop`` must be done, in event loop time."""
         self._max_unsent = concurrency * (1 + LEASED_AHEAD_PER_REQUEST)
         self._max_active = self._max_unsent + concurrency * BOOKKEEPING_PER_REQUEST
         self._lease_batch = max(1, int(concurrency * LEASE_BATCH_PER_REQUEST))
@@ -317,6 +319,7 @@ class DeliveryWorker:
         # within STOP_GRACE_SECONDS even when Redis hangs.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STOP_GRACE_SECONDS
+        self._stop_deadline = deadline
 
         def remaining() -> float:
             return max(0.0, deadline - loop.time())
@@ -540,7 +543,7 @@ class DeliveryWorker:
 
         body = build_payload(case, package, created_at=record.created_at)
         if self._stopping:
-            await self._give_back([record])
+            await self._give_back_while_stopping([record])
             return
         self._waiting_for_slot.add(record.delivery_id)
         try:
@@ -551,7 +554,7 @@ class DeliveryWorker:
             if self._stopping:
                 # stop() gives back the attempts that wait for a slot; this
                 # one got its slot just as the worker began to stop.
-                await self._give_back([record])
+                await self._give_back_while_stopping([record])
                 return
             self._in_flight += 1
             try:
@@ -707,22 +710,45 @@ class DeliveryWorker:
         # The intake loop may have stopped between reading entries and
         # scheduling them. Schedule them now, so no other worker has to wait
         # to take them over.
+        async def schedule() -> None:
+            entries = await self._queue.read_own_pending(self._consumer)
+            if self._one_server is not None:
+                await self._one_server.schedule_new(entries)
+            else:
+                await self._queue.schedule_entries(entries)
+
         try:
-            async with asyncio.timeout(grace_seconds):
-                entries = await self._queue.read_own_pending(self._consumer)
-                if self._one_server is not None:
-                    await self._one_server.schedule_new(entries)
-                else:
-                    await self._queue.schedule_entries(entries)
-        except (TimeoutError, RedisConnectionError, RedisTimeoutError) as error:
-            logger.warning(
-                "delivery worker could not schedule its intake entries error=%s",
-                type(error).__name__,
+            await self._retry_while_stopping(
+                schedule, grace_seconds, "schedule its intake entries"
             )
         except ResponseError as error:
             # The intake stream or its group is gone, so no entry is left.
             if "NOGROUP" not in str(error):
                 raise
+
+    async def _retry_while_stopping(
+        self, step: Callable[[], Awaitable[None]], grace_seconds: float, what: str
+    ) -> None:
+        # Run a step of stop(), and again after a pause while Redis cannot be
+        # reached, until grace_seconds have passed. Then log what was left.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds
+        pause = BOOKKEEPING_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    await step()
+                return
+            except (TimeoutError, RedisConnectionError, RedisTimeoutError) as error:
+                if loop.time() + pause >= deadline:
+                    logger.warning(
+                        "delivery worker could not %s error=%s",
+                        what,
+                        type(error).__name__,
+                    )
+                    return
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, REDIS_BACKOFF_SECONDS)
 
     def _log_cut_off(self, pending: set[asyncio.Task[None]]) -> None:
         # One WARNING for the attempts that the grace period cuts off. Their
@@ -757,16 +783,21 @@ class DeliveryWorker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        try:
-            async with asyncio.timeout(grace_seconds):
-                await self._give_back(records)
-        except (TimeoutError, RedisConnectionError, RedisTimeoutError) as error:
-            # Their leases run out instead, and other workers send them then.
-            logger.warning(
-                "delivery worker could not give back %s deliveries error=%s",
-                len(records),
-                type(error).__name__,
-            )
+        await self._give_back_while_stopping(records, grace_seconds)
+
+    async def _give_back_while_stopping(
+        self, records: list[DeliveryRecord], grace_seconds: float | None = None
+    ) -> None:
+        # Deliveries not given back wait for their leases to run out, and
+        # other workers send them then.
+        if grace_seconds is None:
+            loop = asyncio.get_running_loop()
+            grace_seconds = max(0.0, self._stop_deadline - loop.time())
+        await self._retry_while_stopping(
+            lambda: self._give_back(records),
+            grace_seconds,
+            f"give back {len(records)} deliveries",
+        )
 
     async def _give_back(self, records: list[DeliveryRecord]) -> None:
         # End the leases of attempts that sent nothing, without counting the
