@@ -62,7 +62,7 @@ def encode_event(event_type: EventType, case_id: str, **data: Any) -> dict[str, 
 
 # KEYS[1] the stream. ARGV[1] the group, ARGV[2] the TTL in seconds. Creates
 # the group, and the stream when it is missing, and gives a stream without a
-# TTL its TTL, in one step: a caller cancelled between two round trips would
+# TTL its TTL, in one step. A caller cancelled between two round trips would
 # leave a stream that never expires.
 _ENSURE_GROUP = """
 local created = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')

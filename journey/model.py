@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +112,15 @@ class Case:
     def consented(self, role: Role) -> bool:
         """Tell whether ``role`` has given consent for this case."""
         return any(record.get("role") == role for record in self.consents)
+
+
+def hash_from_flat(fields: Sequence[str]) -> dict[str, str]:
+    """Return a hash that a Lua script's ``HGETALL`` gave as a flat list.
+
+    Inside a script ``HGETALL`` returns field, value, field, value, ... and
+    redis-py passes a script's reply on without turning it into a dict.
+    """
+    return dict(zip(fields[::2], fields[1::2], strict=True))
 
 
 def encode_fields(values: Mapping[str, Any]) -> dict[str, str]:

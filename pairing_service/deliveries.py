@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from journey import keys
 from journey.clock import Clock
 from journey.events import ensure_stream_group
-from journey.model import Case, encode_fields
+from journey.model import Case, encode_fields, hash_from_flat
 
 logger = logging.getLogger(__name__)
 
@@ -395,8 +395,7 @@ class DeliveryQueue:
         gone: list[str] = []
         for delivery_id, result in zip(delivery_ids, results, strict=True):
             if result[0] == 1:
-                fields = result[2]
-                raw = dict(zip(fields[::2], fields[1::2], strict=True))
+                raw = hash_from_flat(result[2])
                 leased.append(DeliveryRecord.from_hash(delivery_id, raw))
             elif result[0] == 0:
                 await self._defer_to_lease_end(delivery_id, str(result[1]))

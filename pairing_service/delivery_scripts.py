@@ -33,7 +33,7 @@ from redis.commands.core import AsyncScript
 
 from journey import keys
 from journey.events import EventType, encode_event
-from journey.model import Case, encode_fields
+from journey.model import Case, encode_fields, hash_from_flat
 from journey.steps import Event, Step, TransitionRejected
 from journey.store import TOMBSTONE_LUA, CaseStore, TombstoneWrite
 from pairing_service.deliveries import (
@@ -290,7 +290,7 @@ class OneServerSteps:
         )
         due, next_at, leased_replies = reply
         records = [
-            DeliveryRecord.from_hash(str(delivery_id), _as_hash(record))
+            DeliveryRecord.from_hash(str(delivery_id), hash_from_flat(record))
             for delivery_id, record, _case, _flag in leased_replies
         ]
         packages = await self._read_packages(records)
@@ -299,8 +299,10 @@ class OneServerSteps:
             records, leased_replies, packages, strict=True
         ):
             inputs = AttemptInputs(
-                case=Case.from_hash(parsed.case_id, _as_hash(case)) if case else None,
-                disabled=_as_hash(flag) or None,
+                case=Case.from_hash(parsed.case_id, hash_from_flat(case))
+                if case
+                else None,
+                disabled=hash_from_flat(flag) or None,
                 package=package,
             )
             leased.append((parsed, inputs))
@@ -428,7 +430,3 @@ class OneServerSteps:
             (script, script_keys, arguments) for script_keys, arguments in calls
         ]
         return await run_in_pipeline(self._redis, pipelined)
-
-
-def _as_hash(fields: list[str]) -> dict[str, str]:
-    return dict(zip(fields[::2], fields[1::2], strict=True))

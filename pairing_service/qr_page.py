@@ -24,7 +24,7 @@ import segno
 from aiohttp import web
 
 from journey import keys
-from journey.model import Case
+from journey.model import Case, hash_from_flat
 from journey.steps import Step
 from pairing_service.page_secrets import is_page_id, open_code, page_lookup_id
 from pairing_service.pairing import app_link
@@ -118,7 +118,7 @@ async def read_page_state(services: Services, page_id: str, case_id: str) -> Pag
     lookup = page_lookup_id(page_id)
     if not case_fields:
         return PageState("closed")
-    case = Case.from_hash(case_id, _fields_to_dict(case_fields))
+    case = Case.from_hash(case_id, hash_from_flat(case_fields))
     if case.tombstone:
         return PageState("closed")
     if case.pairing_page_id != lookup:
@@ -126,7 +126,7 @@ async def read_page_state(services: Services, page_id: str, case_id: str) -> Pag
     if case.step is not Step.QR:
         return PageState(_STATUS_BY_STEP.get(case.step, "closed"))
 
-    pairing = _fields_to_dict(pairing_fields)
+    pairing = hash_from_flat(pairing_fields)
     if pairing.get("page") != lookup or pairing.get("status") != "waiting":
         return PageState("expired")
     remaining = float(pairing.get("expires_at", "0")) - services.clock()
@@ -139,11 +139,6 @@ async def read_page_state(services: Services, page_id: str, case_id: str) -> Pag
         confirmation_code=pairing.get("confirmation_code", ""),
         typed_code=open_code(page_id, pairing.get("sealed_typed_code", "")) or "",
     )
-
-
-def _fields_to_dict(flat: list[str]) -> dict[str, str]:
-    # HGETALL inside a script returns a flat list of field/value pairs.
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 async def show_page(request: web.Request) -> web.Response:

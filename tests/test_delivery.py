@@ -522,11 +522,9 @@ def log_signal(text: str) -> Iterator[LogSignal]:
 
 def worker_for(service: Harness, **options: Any) -> DeliveryWorker:
     """Return a delivery worker on the harness's services, not yet started."""
-    app = service.client.app
-    assert app is not None
     options.setdefault("schedule", SHORT_SCHEDULE)
     options.setdefault("timeout_seconds", 2.0)
-    return DeliveryWorker(app[SERVICES], **options)
+    return DeliveryWorker(service.services, **options)
 
 
 async def test_two_failures_then_delivered_once(

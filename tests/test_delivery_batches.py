@@ -43,6 +43,7 @@ from pairing_service.services import SERVICES, Services
 from pairing_service.webhook import build_payload
 from sandbox.municipality_receiver import MunicipalityReceiver
 from sandbox.redis_server import RedisServer, free_port, start_redis_server
+from tests.test_delivery import worker_for
 from tests.test_delivery_scale import case_waiting_for_consent
 from tests.test_pairing_service import (
     MUNICIPALITY,
@@ -417,14 +418,10 @@ async def test_stop_gives_back_unsent_deliveries(
     async with running_service(
         redis, make_registry(key_pair, url), start_worker=False
     ) as service:
-        app = service.client.app
-        assert app is not None
-        services = app[SERVICES]
-        worker = DeliveryWorker(
-            services, schedule=SHORT_SCHEDULE, timeout_seconds=2.0, concurrency=2
-        )
+        services = service.services
+        worker = worker_for(service, timeout_seconds=2.0, concurrency=2)
         await worker.start()
-        # Two fast deliveries first: the worker sees short requests and
+        # Two fast deliveries first: the worker measures short requests and
         # leases ahead from then on.
         await queue_deliveries(services, 2)
         await read_events_until(events, {EventType.DELIVERED: 2})
@@ -440,9 +437,7 @@ async def test_stop_gives_back_unsent_deliveries(
         records = await raw_records(redis, case_ids)
 
         # A second worker sends the rest at once: no lease has to run out.
-        second = DeliveryWorker(
-            services, schedule=SHORT_SCHEDULE, timeout_seconds=2.0, concurrency=2
-        )
+        second = worker_for(service, timeout_seconds=2.0, concurrency=2)
         await second.start()
         try:
             # Well before another worker could take over intake entries that
@@ -510,13 +505,9 @@ async def test_bookkeeping_outlasts_redis_restart(
         async with running_service(
             redis, make_registry(key_pair, url), start_worker=False
         ) as service:
-            app = service.client.app
-            assert app is not None
-            services = app[SERVICES]
+            services = service.services
             case_ids = await queue_deliveries(services, 2)
-            worker = DeliveryWorker(
-                services, schedule=SHORT_SCHEDULE, timeout_seconds=5.0, concurrency=2
-            )
+            worker = worker_for(service, timeout_seconds=5.0, concurrency=2)
             await worker.start()
             try:
                 await municipality.wait_for_attempts(2)
@@ -552,13 +543,9 @@ async def test_slow_receiver_limits_lease_ahead(
     async with running_service(
         redis, make_registry(key_pair, url), start_worker=False
     ) as service:
-        app = service.client.app
-        assert app is not None
-        services = app[SERVICES]
+        services = service.services
         case_ids = await queue_deliveries(services, 12)
-        worker = DeliveryWorker(
-            services, schedule=SHORT_SCHEDULE, timeout_seconds=5.0, concurrency=2
-        )
+        worker = worker_for(service, timeout_seconds=5.0, concurrency=2)
         await worker.start()
         try:
             # The second round of requests starts after the first two ended.

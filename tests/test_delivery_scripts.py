@@ -189,10 +189,10 @@ async def test_delivery_sends_scripts_and_package_reads(
     finishing = [command for command in sent if record_key in command.text]
     from_scripts = [command.text for command in commands if command.port is None]
     assert ports
-    # Apart from reading the intake stream, the worker sends scripts and the
-    # read of the package: the lease scripts of its dispatch loop (some of
-    # which find nothing due), one finishing script that names the
-    # delivery's record, and the package read outside any script.
+    # Apart from reading the intake stream, the worker sends three kinds of
+    # command. The lease scripts of its dispatch loop run, some finding
+    # nothing due. One finishing script names the delivery's record. The
+    # package is read outside any script.
     assert {command.name for command in sent} == {"EVALSHA", "HGETALL"}
     assert len(finishing) == 1
     assert [command.text for command in sent if command.name == "HGETALL"] == [

@@ -15,7 +15,7 @@ from journey import keys
 from journey.events import EventStream, EventType
 from journey.package import KeyPair
 from sandbox.redis_server import RedisServer
-from tests.redis_proxy import redis_proxy
+from tests.redis_proxy import RedisProxy, redis_proxy
 from tests.test_pairing_service import Harness, make_registry, running_service
 
 STREAM_WAIT_SECONDS = 8.0
@@ -71,6 +71,28 @@ async def page_stream(service: Harness, page_id: str) -> AsyncIterator[ClientRes
         response.close()
 
 
+@contextlib.asynccontextmanager
+async def proxied_pages(
+    redis: Redis, redis_server: RedisServer, key_pair: KeyPair
+) -> AsyncIterator[tuple[Harness, Harness, RedisProxy]]:
+    """Run two services on one Redis: one direct, one whose pages go through a proxy.
+
+    The test sets up cases and claims through the first, opens pages through
+    the second and delays that one's Redis commands and replies with the proxy.
+    """
+    registry = make_registry(key_pair)
+    async with (
+        running_service(redis, registry) as service,
+        redis_proxy(redis_server.port) as proxy,
+    ):
+        proxied = Redis.from_url(proxy.url, decode_responses=True)
+        try:
+            async with running_service(proxied, registry) as pages:
+                yield service, pages, proxy
+        finally:
+            await proxied.aclose()
+
+
 async def test_reader_runs_only_while_a_page_listens(
     redis: Redis, key_pair: KeyPair
 ) -> None:
@@ -119,88 +141,78 @@ async def test_event_before_the_reader_starts_reaches_the_page(
 async def test_event_during_first_read_reaches_page(
     redis: Redis, redis_server: RedisServer, key_pair: KeyPair
 ) -> None:
-    registry = make_registry(key_pair)
-    async with (
-        running_service(redis, registry) as service,
-        redis_proxy(redis_server.port) as proxy,
+    async with proxied_pages(redis, redis_server, key_pair) as (
+        service,
+        pages,
+        proxy,
     ):
-        proxied = Redis.from_url(proxy.url, decode_responses=True)
-        try:
-            async with running_service(proxied, registry) as pages:
-                other_case_id = await service.case_in_app_step()
-                other = await service.create_pairing(other_case_id)
-                case_id = await service.case_in_app_step()
-                pairing = await service.create_pairing(case_id)
-                # Another open page keeps the reader running, so the new
-                # stream gets no wake-up from the reader's start.
-                async with page_stream(pages, other["page_id"]) as other_stream:
-                    assert (await next_status(other_stream))["status"] == "waiting"
-                    await wait_for_readers(redis, 1)
+        other_case_id = await service.case_in_app_step()
+        other = await service.create_pairing(other_case_id)
+        case_id = await service.case_in_app_step()
+        pairing = await service.create_pairing(case_id)
+        # Another open page keeps the reader running, so the new
+        # stream gets no wake-up from the reader's start.
+        async with page_stream(pages, other["page_id"]) as other_stream:
+            assert (await next_status(other_stream))["status"] == "waiting"
+            await wait_for_readers(redis, 1)
 
-                    # The claim and its event come after Redis has run the
-                    # stream's first read, before the stream has its result.
-                    hold = proxy.hold_reply(keys.case(case_id))
-                    opening = asyncio.create_task(
-                        pages.client.get(f"/koppel/{pairing['page_id']}/events")
-                    )
-                    async with asyncio.timeout(STREAM_WAIT_SECONDS):
-                        await hold.arrived.wait()
-                    await service.simulator().claim(pairing["app_link"])
-                    newest = await redis.xrevrange(keys.events(), count=1)
-                    # The reader asks for what follows an event once it has
-                    # woken the streams of that event's case.
-                    async with asyncio.timeout(STREAM_WAIT_SECONDS):
-                        await proxy.wait_for_sent(newest[0][0])
-                    hold.release()
+            # The claim and its event come after Redis has run the
+            # stream's first read, before the stream has its result.
+            hold = proxy.hold_reply(keys.case(case_id))
+            opening = asyncio.create_task(
+                pages.client.get(f"/koppel/{pairing['page_id']}/events")
+            )
+            async with asyncio.timeout(STREAM_WAIT_SECONDS):
+                await hold.arrived.wait()
+            await service.simulator().claim(pairing["app_link"])
+            newest = await redis.xrevrange(keys.events(), count=1)
+            # The reader asks for what follows an event once it has
+            # woken the streams of that event's case.
+            async with asyncio.timeout(STREAM_WAIT_SECONDS):
+                await proxy.wait_for_sent(newest[0][0])
+            hold.release()
 
-                    response = await opening
-                    try:
-                        assert response.status == 200, await response.text()
-                        assert (await next_status(response))["status"] == "waiting"
-                        assert (await next_status(response))["status"] == "paired"
-                    finally:
-                        response.close()
-        finally:
-            await proxied.aclose()
+            response = await opening
+            try:
+                assert response.status == 200, await response.text()
+                assert (await next_status(response))["status"] == "waiting"
+                assert (await next_status(response))["status"] == "paired"
+            finally:
+                response.close()
 
 
 async def test_reader_start_wakes_opening_stream(
     redis: Redis, redis_server: RedisServer, key_pair: KeyPair
 ) -> None:
-    registry = make_registry(key_pair)
-    async with (
-        running_service(redis, registry) as service,
-        redis_proxy(redis_server.port) as proxy,
+    async with proxied_pages(redis, redis_server, key_pair) as (
+        service,
+        pages,
+        proxy,
     ):
-        proxied = Redis.from_url(proxy.url, decode_responses=True)
+        case_id = await service.case_in_app_step()
+        pairing = await service.create_pairing(case_id)
+
+        # No other page is open, so the new stream starts the reader.
+        # The claim comes after the stream's first read and before
+        # the reader looks up where the event stream ends, so the
+        # reader starts after the claim's event.
+        first_read = proxy.hold_reply(keys.case(case_id))
+        stream_end = proxy.hold_command("XREVRANGE")
+        opening = asyncio.create_task(
+            pages.client.get(f"/koppel/{pairing['page_id']}/events")
+        )
+        async with asyncio.timeout(STREAM_WAIT_SECONDS):
+            await first_read.arrived.wait()
+        await service.simulator().claim(pairing["app_link"])
+        first_read.release()
+        async with asyncio.timeout(STREAM_WAIT_SECONDS):
+            await stream_end.arrived.wait()
+        stream_end.release()
+
+        response = await opening
         try:
-            async with running_service(proxied, registry) as pages:
-                case_id = await service.case_in_app_step()
-                pairing = await service.create_pairing(case_id)
-
-                # No other page is open, so the new stream starts the reader.
-                # The claim comes after the stream's first read and before
-                # the reader looks up where the event stream ends, so the
-                # reader starts after the claim's event.
-                first_read = proxy.hold_reply(keys.case(case_id))
-                stream_end = proxy.hold_command("XREVRANGE")
-                opening = asyncio.create_task(
-                    pages.client.get(f"/koppel/{pairing['page_id']}/events")
-                )
-                async with asyncio.timeout(STREAM_WAIT_SECONDS):
-                    await first_read.arrived.wait()
-                await service.simulator().claim(pairing["app_link"])
-                first_read.release()
-                async with asyncio.timeout(STREAM_WAIT_SECONDS):
-                    await stream_end.arrived.wait()
-                stream_end.release()
-
-                response = await opening
-                try:
-                    assert response.status == 200, await response.text()
-                    assert (await next_status(response))["status"] == "waiting"
-                    assert (await next_status(response))["status"] == "paired"
-                finally:
-                    response.close()
+            assert response.status == 200, await response.text()
+            assert (await next_status(response))["status"] == "waiting"
+            assert (await next_status(response))["status"] == "paired"
         finally:
-            await proxied.aclose()
+            response.close()

@@ -30,6 +30,7 @@ from pairing_service.app import create_app, load_openapi
 from pairing_service.claims import MAX_CLAIM_FAILURES_PER_CASE
 from pairing_service.config import ConfigError, Settings
 from pairing_service.qr_page import QR_ERROR_LEVEL
+from pairing_service.services import SERVICES, Services
 from sandbox.app_simulator import AppApiError, OcktoAppSimulator, synthetic_package
 from sandbox.redis_server import RedisServer, free_port
 from tests.redis_proxy import redis_proxy
@@ -90,6 +91,13 @@ class Harness:
 
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+
+    @property
+    def services(self) -> Services:
+        """The service's shared objects, as its handlers use them."""
+        app = self.client.app
+        assert app is not None
+        return app[SERVICES]
 
     async def create_case(self) -> dict[str, Any]:
         response = await self.client.post(
